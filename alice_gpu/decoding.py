@@ -1,0 +1,111 @@
+"""Stage 2, decode: one file in, one fixed-size uint8 RGB image (or an error record) out.
+
+Runs in CPU worker processes, so this module imports Pillow and numpy only
+(no torch): a worker starts in a fraction of a second. A file that fails
+never raises; it comes back as a record with ``status="failed"`` and a reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+from .discovery import FileEntry
+
+log = logging.getLogger(__name__)
+
+# Formats we open; everything else (EPS/Ghostscript, PDF, ...) is refused unopened.
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "AVIF",
+                   "PPM", "TGA", "ICO")
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+
+_ORIENT_SWAPS = {5, 6, 7, 8}
+
+
+@dataclass(slots=True)
+class Decoded:
+    """The outcome for one file; ``pixels`` is (S, S, 3) uint8 when ``status == 'ok'``."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    status: str
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    pixels: np.ndarray | None = None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    return reason[:300]
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    """Any mode to 8-bit RGB; high-bit-depth is scaled (not clipped), alpha over white."""
+    mode = im.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(arr * (255.0 / top) + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if mode == "RGB":
+        return im
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+def decode_file(entry: FileEntry, working_size: int) -> Decoded:
+    """Open, draft, orient, convert and resize one file; never raises for bad input."""
+    out = Decoded(entry.path, entry.size, entry.mtime_ns, STATUS_FAILED)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(entry.path, formats=ALLOWED_FORMATS) as im:
+                out.format = im.format
+                width, height = im.size
+                orientation = im.getexif().get(0x0112, 1)
+                if orientation in _ORIENT_SWAPS:
+                    width, height = height, width
+                out.width, out.height = width, height
+                if im.format in ("JPEG", "MPO"):
+                    # DCT-domain downscale: decode at >= working size, at a fraction of the cost
+                    im.draft("RGB", (working_size, working_size))
+                im.seek(0)
+                im = ImageOps.exif_transpose(im) or im
+                im = _to_rgb(im)
+                if im.size != (working_size, working_size):
+                    im = im.resize((working_size, working_size), Image.Resampling.LANCZOS,
+                                   reducing_gap=3.0)
+                out.pixels = np.asarray(im, dtype=np.uint8)
+        out.status = STATUS_OK
+    except Exception as exc:  # bad input is data: any failure becomes a record
+        out.error = _reason(exc)
+        out.pixels = None
+    return out
+
+
+def decode_many(entries: Sequence[FileEntry], working_size: int) -> list[Decoded]:
+    """Worker entry point: a small chunk per task keeps IPC overhead low."""
+    return [decode_file(e, working_size) for e in entries]
+
+
+def decode_path(path: str, working_size: int) -> Decoded:
+    """Decode a file that is not (necessarily) in the index, e.g. a query image."""
+    import os
+
+    st = os.stat(path)
+    return decode_file(FileEntry(path, st.st_size, st.st_mtime_ns), working_size)

@@ -1,0 +1,61 @@
+"""Stage 3, device: the one place that knows whether there is a GPU.
+
+Device selection, pinned host batches and host→device copies live here;
+every later stage takes a ``torch.device`` and runs the same code on either.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Sequence
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class DeviceError(RuntimeError):
+    """The requested device cannot be used (e.g. ``cuda`` on a machine without one)."""
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def select_device(name: str = "auto") -> torch.device:
+    """``auto`` → CUDA when present, else CPU; an explicit ``cuda`` without a GPU raises."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if cuda_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name.startswith("cuda"):
+        if not cuda_available():
+            raise DeviceError("--device cuda was requested but no CUDA GPU is available "
+                              "(use --device cpu or auto)")
+        return torch.device(name)
+    raise DeviceError(f"unknown device {name!r} (choose auto, cpu or cuda)")
+
+
+def stack_batch(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """Stack (S, S, 3) uint8 images into one NHWC host tensor, pinned when bound for CUDA."""
+    n = len(images)
+    h, w, c = images[0].shape
+    host = torch.empty((n, h, w, c), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    np.stack(images, out=host.numpy())
+    return host
+
+
+def to_device(host_nhwc: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy a uint8 NHWC batch to ``device`` (async from pinned memory) as uint8 NCHW.
+
+    uint8 travels (4x less than float); the float conversion happens on the device.
+    """
+    dev = host_nhwc.to(device, non_blocking=True)
+    return dev.permute(0, 3, 1, 2).contiguous()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,145 @@
+"""Stage 1, discover: walk roots, keep media files, and tell new/changed from unchanged.
+
+Change detection compares (size, mtime_ns) from ``stat`` with what the store
+knows, so an unchanged file is never opened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat as statmod
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Mapping
+
+log = logging.getLogger(__name__)
+
+MEDIA_EXTENSIONS = frozenset({
+    ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib",
+    ".tif", ".tiff", ".mpo", ".avif", ".heic", ".heif", ".ppm", ".pgm", ".pbm", ".tga", ".ico",
+})
+
+# leading bytes of the formats we decode; used for files with no/unknown extension
+_MAGIC: tuple[tuple[int, bytes], ...] = (
+    (0, b"\xff\xd8\xff"),            # JPEG
+    (0, b"\x89PNG\r\n\x1a\n"),       # PNG
+    (0, b"GIF87a"), (0, b"GIF89a"),
+    (0, b"BM"),                      # BMP
+    (0, b"II*\x00"), (0, b"MM\x00*"),  # TIFF
+    (8, b"WEBP"),                    # RIFF....WEBP
+    (4, b"ftypavif"), (4, b"ftypheic"), (4, b"ftypmif1"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FileEntry:
+    """A media file found on disk, with the stat facts change detection uses."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Discovery:
+    """What a walk found, split against the store's known state."""
+
+    todo: list[FileEntry]          # new or changed: must be decoded
+    unchanged: list[FileEntry]     # same (size, mtime_ns): skipped unopened
+    removed: list[str]             # known to the store under a walked root, gone from disk
+    files_seen: int
+
+
+def sniff_media(path: str) -> bool:
+    """True when the first bytes look like an image we can decode."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return False
+    return any(head[off:off + len(magic)] == magic for off, magic in _MAGIC)
+
+
+def is_media(path: str) -> bool:
+    """Extension first (cheap), content sniffing for files without a media extension."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in MEDIA_EXTENSIONS:
+        return True
+    if ext in ("", ".bin", ".dat", ".tmp", ".download"):
+        return sniff_media(path)
+    return False
+
+
+def normalize_path(path: str | os.PathLike[str]) -> str:
+    """The key a file is stored under: absolute, normalised, symlinks not resolved."""
+    return os.path.normpath(os.path.abspath(os.fspath(path)))
+
+
+def walk(roots: Iterable[str | os.PathLike[str]]) -> Iterator[FileEntry]:
+    """Yield every regular media file under ``roots`` (iterative; links not followed)."""
+    for root in roots:
+        root = normalize_path(root)
+        try:
+            st = os.stat(root)
+        except OSError as exc:
+            log.warning("cannot read %s: %s", root, exc.strerror)
+            continue
+        if statmod.S_ISREG(st.st_mode):
+            if is_media(root):
+                yield FileEntry(root, st.st_size, st.st_mtime_ns)
+            continue
+        stack = [root]
+        while stack:
+            folder = stack.pop()
+            try:
+                with os.scandir(folder) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                log.warning("cannot list %s: %s", folder, exc.strerror)
+                continue
+            subdirs = []
+            for entry in entries:
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        subdirs.append(entry.path)
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        continue  # symlinks, FIFOs, sockets, devices: never opened
+                    if not is_media(entry.path):
+                        continue
+                    est = entry.stat(follow_symlinks=False)
+                except OSError:
+                    continue  # vanished while listing
+                yield FileEntry(entry.path, est.st_size, est.st_mtime_ns)
+            stack.extend(reversed(subdirs))
+
+
+def _under(path: str, roots: list[str]) -> bool:
+    return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+
+
+def discover(roots: Iterable[str | os.PathLike[str]],
+             known: Mapping[str, tuple[int, int]]) -> Discovery:
+    """Split the files under ``roots`` into todo / unchanged, and list vanished ones.
+
+    ``known`` maps stored paths to (size, mtime_ns) of files whose features are
+    complete; files outside it are always re-done. Removals are only reported
+    under roots that exist, so an unmounted drive does not empty the index.
+    """
+    roots = [normalize_path(r) for r in roots]
+    todo: list[FileEntry] = []
+    unchanged: list[FileEntry] = []
+    seen: set[str] = set()
+    for entry in walk(roots):
+        if entry.path in seen:
+            continue
+        seen.add(entry.path)
+        if known.get(entry.path) == (entry.size, entry.mtime_ns):
+            unchanged.append(entry)
+        else:
+            todo.append(entry)
+    present_roots = [r for r in roots if os.path.exists(r)]
+    removed = sorted(p for p in known if p not in seen and _under(p, present_roots)
+                     and not os.path.exists(p))
+    return Discovery(todo=todo, unchanged=unchanged, removed=removed, files_seen=len(seen))
+

@@ -1,0 +1,182 @@
+"""Stage 4a, perceptual hashes as batched torch ops (same code on cpu and cuda).
+
+Definitions follow the ``imagehash`` library so users' thresholds carry over:
+grayscale with Pillow's ITU-R 601-2 luma, Pillow's antialiased Lanczos resize
+(reproduced exactly as separable weight matrices, horizontal pass first, each
+pass rounded to uint8 as Pillow does), then
+
+* aHash: 8x8, bit = pixel > mean
+* dHash: 9x8 (w x h), bit = right neighbour > left... as imagehash: ``px[:, 1:] > px[:, :-1]``
+* pHash: 32x32, 2-D DCT-II, top-left 8x8, bit = coefficient > median
+* wHash: Haar LL band at 8x8 of the 256-px image (the block means), bit = LL > median
+
+Bits are packed row-major with the first bit as the most significant, which
+is the order of ``str(imagehash.ImageHash)``; values are stored as uint64.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from functools import lru_cache
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+HASH_BITS = 64
+_SHIFTS = torch.arange(HASH_BITS - 1, -1, -1, dtype=torch.int64)
+
+
+def _lanczos(x: float) -> float:
+    if x == 0.0:
+        return 1.0
+    if -3.0 < x < 3.0:
+        px = math.pi * x
+        return (math.sin(px) / px) * (math.sin(px / 3.0) / (px / 3.0))
+    return 0.0
+
+
+@lru_cache(maxsize=64)
+def _lanczos_matrix_np(in_size: int, out_size: int) -> np.ndarray:
+    """Pillow's ``precompute_coeffs`` for LANCZOS as an (out, in) matrix."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    mat = np.zeros((out_size, in_size), dtype=np.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        weights = [_lanczos((x - center + 0.5) / filterscale) for x in range(xmin, xmax)]
+        total = sum(weights)
+        if total:
+            mat[xx, xmin:xmax] = np.asarray(weights) / total
+    return mat
+
+
+def lanczos_matrix(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(_lanczos_matrix_np(in_size, out_size), dtype=torch.float32,
+                           device=device)
+
+
+def resize_gray(gray: torch.Tensor, out_w: int, out_h: int) -> torch.Tensor:
+    """Pillow-exact LANCZOS resize of (N, H, W) uint8-valued float images."""
+    _, h, w = gray.shape
+    dev = gray.device
+    x = gray
+    if out_w != w:
+        x = torch.matmul(x, lanczos_matrix(w, out_w, dev).T).round_().clamp_(0, 255)
+    if out_h != h:
+        x = torch.matmul(lanczos_matrix(h, out_h, dev), x).round_().clamp_(0, 255)
+    return x
+
+
+def to_gray(batch: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW RGB → float (N, H, W) with Pillow's integer luma (rounded)."""
+    rgb = batch.to(torch.int32)
+    luma = (rgb[:, 0] * 19595 + rgb[:, 1] * 38470 + rgb[:, 2] * 7471 + 0x8000) >> 16
+    return luma.to(torch.float32)
+
+
+def pack_bits(bits: torch.Tensor) -> torch.Tensor:
+    """(N, 64) bool → (N,) int64 with bit 0 as the MSB (imagehash's hex order)."""
+    shifts = _SHIFTS.to(bits.device)
+    return (bits.to(torch.int64) << shifts).sum(dim=1)
+
+
+def _median(x: torch.Tensor) -> torch.Tensor:
+    """numpy's median (mean of the two middle values) over the last dim."""
+    return torch.quantile(x, 0.5, dim=-1, keepdim=True)
+
+
+class HashAlgorithm(ABC):
+    """Template: grayscale batch in, packed 64-bit hashes out; subclasses give the bits."""
+
+    name: ClassVar[str]
+
+    def __call__(self, gray: torch.Tensor) -> torch.Tensor:
+        bits = self.bits(gray)
+        if bits.shape[1:] != (HASH_BITS,):
+            raise ValueError(f"{self.name} produced {tuple(bits.shape)} bits, expected (N, 64)")
+        return pack_bits(bits)
+
+    @abstractmethod
+    def bits(self, gray: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) float grayscale → (N, 64) bool."""
+
+
+class AverageHash(HashAlgorithm):
+    name = "ahash"
+
+    def bits(self, gray: torch.Tensor) -> torch.Tensor:
+        px = resize_gray(gray, 8, 8).flatten(1)
+        return px > px.mean(dim=1, keepdim=True)
+
+
+class DifferenceHash(HashAlgorithm):
+    name = "dhash"
+
+    def bits(self, gray: torch.Tensor) -> torch.Tensor:
+        px = resize_gray(gray, 9, 8)
+        return (px[:, :, 1:] > px[:, :, :-1]).flatten(1)
+
+
+@lru_cache(maxsize=8)
+def _dct_matrix_np(n: int, keep: int) -> np.ndarray:
+    k = np.arange(keep)[:, None]
+    i = np.arange(n)[None, :]
+    return 2.0 * np.cos(np.pi * k * (2 * i + 1) / (2 * n))  # scipy.fftpack DCT-II, unnormalised
+
+
+class PerceptualHash(HashAlgorithm):
+    name = "phash"
+
+    def bits(self, gray: torch.Tensor) -> torch.Tensor:
+        px = resize_gray(gray, 32, 32).to(torch.float64)
+        dct = torch.as_tensor(_dct_matrix_np(32, 8), device=gray.device)
+        low = (dct @ px @ dct.T).flatten(1)
+        return low > _median(low)
+
+
+class WaveletHash(HashAlgorithm):
+    name = "whash"
+
+    def bits(self, gray: torch.Tensor) -> torch.Tensor:
+        _, h, w = gray.shape
+        # Haar LL after (log2(size) - 3) levels is the mean of each block of an 8x8 grid
+        ll = torch.nn.functional.avg_pool2d(gray.unsqueeze(1), (h // 8, w // 8)).flatten(1)
+        return ll > _median(ll)
+
+
+HASHES: dict[str, type[HashAlgorithm]] = {
+    cls.name: cls for cls in (AverageHash, DifferenceHash, PerceptualHash, WaveletHash)
+}
+
+
+def get_hash(name: str) -> HashAlgorithm:
+    try:
+        return HASHES[name]()
+    except KeyError:
+        raise ValueError(f"unknown hash {name!r} (choose from {', '.join(HASHES)})") from None
+
+
+def compute_hashes(batch: torch.Tensor, names: tuple[str, ...] = tuple(HASHES)
+                   ) -> dict[str, torch.Tensor]:
+    """All hashes of a uint8 NCHW batch; grayscale is computed once."""
+    gray = to_gray(batch)
+    return {name: get_hash(name)(gray) for name in names}
+
+
+def to_uint64(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    arr = values.cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+    return arr.astype(np.int64, copy=False).view(np.uint64)
+
+
+def hash_hex(value: int) -> str:
+    """16-digit hex in imagehash's ``str()`` order."""
+    return f"{int(value) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def hamming(a: int, b: int) -> int:
+    return (int(a) ^ int(b)).bit_count()

@@ -1,0 +1,412 @@
+"""Stage 5, store: DuckDB is the source of truth for assets, hashes, embeddings and runs.
+
+Writes are bulk inserts from Arrow tables inside one transaction per batch;
+a batch that fails is rolled back and retried row by row so that one bad row
+cannot sink its neighbours. Ids are stable per path: a changed file keeps its
+id, which is also its id in the FAISS index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+
+from .decoding import STATUS_FAILED, STATUS_OK
+from .hashing import HASHES
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+DB_FILE = "alice.duckdb"
+MANIFEST_FILE = "manifest.json"
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used; the message says why and what to do."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the store."""
+
+
+@dataclass(slots=True)
+class AssetRecord:
+    """One row of ``assets``; hashes are uint64 ints or None for failed files."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    status: str
+    error: str | None = None
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    hashes: dict[str, int] = field(default_factory=dict)
+    embedding: np.ndarray | None = None
+    id: int | None = None
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    written: int
+    failed_rows: list[tuple[str, str]]     # (path, reason) rows the DB refused
+    embedded_ids: np.ndarray               # ids whose embedding was (re)written
+    embeddings: np.ndarray                 # (n, dim) float32, aligned with embedded_ids
+    touched_ids: np.ndarray                # every id whose old vector is now stale
+
+
+_ASSET_COLUMNS = ("id", "path", "size", "mtime_ns", "width", "height", "format", "status",
+                  "error", *HASHES, "indexed_at", "run_id")
+
+
+def _schema_sql(dim: int) -> str:
+    hash_cols = ",\n  ".join(f"{h} UBIGINT" for h in HASHES)
+    return f"""
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS assets (
+  id BIGINT PRIMARY KEY,
+  path VARCHAR NOT NULL UNIQUE,
+  size BIGINT NOT NULL,
+  mtime_ns BIGINT NOT NULL,
+  width INTEGER,
+  height INTEGER,
+  format VARCHAR,
+  status VARCHAR NOT NULL,
+  error VARCHAR,
+  {hash_cols},
+  indexed_at TIMESTAMP,
+  run_id BIGINT
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+  asset_id BIGINT PRIMARY KEY,
+  model VARCHAR NOT NULL,
+  vector FLOAT[{dim}] NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+  id BIGINT PRIMARY KEY,
+  started_at TIMESTAMP,
+  finished_at TIMESTAMP,
+  roots VARCHAR,
+  device VARCHAR,
+  embed BOOLEAN,
+  files_seen BIGINT,
+  decoded BIGINT,
+  unchanged BIGINT,
+  failed BIGINT,
+  removed BIGINT,
+  seconds DOUBLE,
+  status VARCHAR
+);
+"""
+
+
+class Store:
+    """One index folder: ``alice.duckdb`` + ``manifest.json`` (+ the FAISS files of vectors)."""
+
+    def __init__(self, folder: str | os.PathLike[str], *, model: str, dim: int,
+                 read_only: bool = False):
+        self.folder = Path(folder)
+        self.model = model
+        self.dim = dim
+        self.read_only = read_only
+        db_path = self.folder / DB_FILE
+        if read_only:
+            if not db_path.exists():
+                raise StoreError(f"no index at {self.folder} (run `alice-gpu index PATH` first, "
+                                 f"or point --db at an existing index)")
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        self._check_manifest()
+        try:
+            self.con = duckdb.connect(str(db_path), read_only=read_only)
+        except duckdb.IOException as exc:
+            if "lock" in str(exc).lower():
+                raise StoreLockedError(f"the index at {self.folder} is in use by another "
+                                       f"alice-gpu process; try again when it has finished") from None
+            raise StoreError(f"cannot open {db_path}: {str(exc).splitlines()[0]}") from None
+        except duckdb.Error as exc:
+            raise StoreError(f"{db_path} is not a usable alice-gpu index: "
+                             f"{str(exc).splitlines()[0]}") from None
+        if not read_only:
+            self._init_schema()
+        self._check_schema()
+
+    # ------------------------------------------------------------ lifecycle
+    def _check_manifest(self) -> None:
+        path = self.folder / MANIFEST_FILE
+        if not path.exists():
+            return
+        try:
+            manifest = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{path} is unreadable ({exc}); not touching this index") from None
+        version = manifest.get("schema_version")
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            raise StoreError(f"the index at {self.folder} was written by a newer alice-gpu "
+                             f"(schema {version} > {SCHEMA_VERSION}); upgrade alice-gpu")
+        if manifest.get("model") not in (None, self.model) or manifest.get("dim") not in (None, self.dim):
+            raise StoreError(f"the index at {self.folder} holds {manifest.get('model')} embeddings "
+                             f"({manifest.get('dim')}-d), not {self.model}; use another --db")
+
+    def _init_schema(self) -> None:
+        self.con.execute(_schema_sql(self.dim))
+        self.con.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+                         [str(SCHEMA_VERSION)])
+        self.con.execute("INSERT INTO meta VALUES ('model', ?) ON CONFLICT DO NOTHING", [self.model])
+        self.con.execute("INSERT INTO meta VALUES ('vectors_version', '0') ON CONFLICT DO NOTHING")
+        manifest = {"schema_version": SCHEMA_VERSION, "model": self.model, "dim": self.dim,
+                    "db": DB_FILE}
+        _atomic_write_text(self.folder / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+
+    def _check_schema(self) -> None:
+        try:
+            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except duckdb.Error:
+            raise StoreError(f"{self.folder / DB_FILE} is a DuckDB file but not an alice-gpu "
+                             f"index; not touching it") from None
+        version = int(row[0]) if row else None
+        if version != SCHEMA_VERSION:
+            raise StoreError(f"index schema {version} is not supported by this alice-gpu "
+                             f"(expects {SCHEMA_VERSION})")
+
+    def close(self) -> None:
+        con = getattr(self, "con", None)
+        if con is not None:
+            con.close()
+            self.con = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ reads
+    def known_state(self, require_embedding: bool) -> dict[str, tuple[int, int]]:
+        """(size, mtime_ns) of every stored path whose work is complete for this run."""
+        sql = "SELECT a.path, a.size, a.mtime_ns FROM assets a"
+        if require_embedding:
+            sql += (" LEFT JOIN embeddings e ON e.asset_id = a.id"
+                    " WHERE a.status <> 'ok' OR e.asset_id IS NOT NULL")
+        cols = self.con.execute(sql).fetchnumpy()
+        return {p: (int(s), int(m)) for p, s, m in zip(cols["path"], cols["size"], cols["mtime_ns"])}
+
+    def all_paths(self) -> list[str]:
+        return [r[0] for r in self.con.execute("SELECT path FROM assets").fetchall()]
+
+    def path_ids(self) -> dict[str, int]:
+        """Every stored path with its id (ids are kept when a file changes)."""
+        cols = self.con.execute("SELECT path, id FROM assets").fetchnumpy()
+        return dict(zip(cols["path"].tolist(), cols["id"].tolist()))
+
+    def max_id(self) -> int:
+        return int(self.con.execute("SELECT coalesce(max(id), 0) FROM assets").fetchone()[0])
+
+    def asset(self, path: str) -> dict[str, Any] | None:
+        cur = self.con.execute(f"SELECT {', '.join(_ASSET_COLUMNS)} FROM assets WHERE path = ?", [path])
+        row = cur.fetchone()
+        return dict(zip(_ASSET_COLUMNS, row)) if row else None
+
+    def assets_by_ids(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        self.con.register("_q", pa.table({"id": pa.array(ids, pa.int64())}))
+        try:
+            cur = self.con.execute(f"SELECT {', '.join('a.' + c for c in _ASSET_COLUMNS)} "
+                                   f"FROM assets a JOIN _q USING (id)")
+            return {row[0]: dict(zip(_ASSET_COLUMNS, row)) for row in cur.fetchall()}
+        finally:
+            self.con.unregister("_q")
+
+    def hashes(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64, hashes uint64) of every OK asset."""
+        if kind not in HASHES:
+            raise ValueError(f"unknown hash {kind!r}")
+        cols = self.con.execute(f"SELECT id, {kind} FROM assets WHERE status = 'ok' "
+                                f"AND {kind} IS NOT NULL ORDER BY id").fetchnumpy()
+        return (np.asarray(cols["id"], dtype=np.int64),
+                np.asarray(cols[kind], dtype=np.uint64))
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64, vectors (n, dim) float32) of every stored embedding."""
+        tbl = self.con.sql("SELECT asset_id, vector FROM embeddings ORDER BY asset_id"
+                           ).to_arrow_table()
+        ids = tbl.column("asset_id").to_numpy().astype(np.int64)
+        if len(ids) == 0:
+            return ids, np.zeros((0, self.dim), dtype=np.float32)
+        vec = tbl.column("vector").combine_chunks()
+        mat = vec.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, self.dim)
+        return ids, mat
+
+    def embedding_of(self, asset_id: int) -> np.ndarray | None:
+        row = self.con.execute("SELECT vector FROM embeddings WHERE asset_id = ?",
+                               [int(asset_id)]).fetchone()
+        return None if row is None else np.asarray(row[0], dtype=np.float32)
+
+    def failed_in_run(self, run_id: int) -> list[tuple[str, str]]:
+        return self.con.execute("SELECT path, coalesce(error, '') FROM assets "
+                                "WHERE run_id = ? AND status <> 'ok' ORDER BY path",
+                                [run_id]).fetchall()
+
+    def vectors_version(self) -> int:
+        row = self.con.execute("SELECT value FROM meta WHERE key = 'vectors_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def stats(self) -> dict[str, Any]:
+        q = self.con.execute
+        assets = q("SELECT count(*) FROM assets WHERE status = 'ok'").fetchone()[0]
+        failed = q("SELECT count(*) FROM assets WHERE status <> 'ok'").fetchone()[0]
+        embedded = q("SELECT count(*) FROM embeddings").fetchone()[0]
+        total_bytes = q("SELECT coalesce(sum(size), 0) FROM assets WHERE status = 'ok'").fetchone()[0]
+        formats = dict(q("SELECT format, count(*) FROM assets WHERE status = 'ok' "
+                         "GROUP BY format ORDER BY 2 DESC").fetchall())
+        last = q("SELECT id, finished_at, files_seen, decoded, unchanged, failed, removed, seconds "
+                 "FROM runs WHERE status IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
+        errors = q("SELECT path, error FROM assets WHERE status <> 'ok' ORDER BY path LIMIT 20"
+                   ).fetchall()
+        return {
+            "assets": int(assets), "failed": int(failed), "embedded": int(embedded),
+            "bytes": int(total_bytes), "formats": {str(k): int(v) for k, v in formats.items()},
+            "last_run": None if last is None else dict(zip(
+                ("id", "finished_at", "files_seen", "decoded", "unchanged", "failed",
+                 "removed", "seconds"), (*last[:1], str(last[1]), *last[2:]))),
+            "failed_files": [{"path": p, "error": e} for p, e in errors],
+        }
+
+    # ------------------------------------------------------------ writes
+    def write_batch(self, records: Sequence[AssetRecord], run_id: int | None = None) -> WriteResult:
+        """Upsert a batch in one transaction; on failure retry row by row, isolating bad rows."""
+        try:
+            return self._write(records, run_id)
+        except duckdb.Error as exc:
+            self._rollback()
+            if len(records) == 1:
+                rec = records[0]
+                log.warning("database refused %s: %s", rec.path, exc)
+                return WriteResult(0, [(rec.path, f"store: {str(exc).splitlines()[0][:200]}")],
+                                   np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32),
+                                   np.zeros(0, np.int64))
+            log.warning("batch write failed (%s); retrying %d rows one by one", exc, len(records))
+        parts = [self.write_batch([r], run_id) for r in records]
+        return WriteResult(
+            written=sum(p.written for p in parts),
+            failed_rows=[f for p in parts for f in p.failed_rows],
+            embedded_ids=np.concatenate([p.embedded_ids for p in parts]),
+            embeddings=np.concatenate([p.embeddings for p in parts]),
+            touched_ids=np.concatenate([p.touched_ids for p in parts]),
+        )
+
+    def _rollback(self) -> None:
+        try:
+            self.con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+
+    def _write(self, records: Sequence[AssetRecord], run_id: int | None) -> WriteResult:
+        ids = np.array([r.id for r in records], dtype=np.int64)
+        now = time.time()
+        assets = pa.table({
+            "id": pa.array(ids, pa.int64()),
+            "path": pa.array([r.path for r in records], pa.string()),
+            "size": pa.array([r.size for r in records], pa.int64()),
+            "mtime_ns": pa.array([r.mtime_ns for r in records], pa.int64()),
+            "width": pa.array([r.width for r in records], pa.int32()),
+            "height": pa.array([r.height for r in records], pa.int32()),
+            "format": pa.array([r.format for r in records], pa.string()),
+            "status": pa.array([r.status for r in records], pa.string()),
+            "error": pa.array([r.error for r in records], pa.string()),
+            **{h: pa.array([r.hashes.get(h) for r in records], pa.uint64()) for h in HASHES},
+            "indexed_at": pa.array([int(now * 1e6)] * len(records), pa.timestamp("us")),
+            "run_id": pa.array([run_id] * len(records), pa.int64()),
+        })
+        emb_rows = [r for r in records if r.embedding is not None and r.status == STATUS_OK]
+        emb_ids = np.array([r.id for r in emb_rows], dtype=np.int64)
+        emb_mat = (np.stack([r.embedding for r in emb_rows]).astype(np.float32)
+                   if emb_rows else np.zeros((0, self.dim), np.float32))
+        if emb_mat.shape[1] != self.dim:
+            raise ValueError(f"embedding has {emb_mat.shape[1]} dims, index expects {self.dim}")
+        embs = pa.table({
+            "asset_id": pa.array(emb_ids, pa.int64()),
+            "model": pa.array([self.model] * len(emb_rows), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(emb_mat.reshape(-1)), self.dim),
+        })
+        id_tbl = pa.table({"id": pa.array(ids, pa.int64())})
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        con.register("_ids", id_tbl)
+        con.register("_assets", assets)
+        con.register("_embs", embs)
+        try:
+            had_vec = con.execute("SELECT count(*) FROM embeddings WHERE asset_id IN "
+                                  "(SELECT id FROM _ids)").fetchone()[0]
+            con.execute("DELETE FROM embeddings WHERE asset_id IN (SELECT id FROM _ids)")
+            con.execute("DELETE FROM assets WHERE id IN (SELECT id FROM _ids)")
+            con.execute(f"INSERT INTO assets ({', '.join(_ASSET_COLUMNS)}) "
+                        f"SELECT {', '.join(_ASSET_COLUMNS)} FROM _assets")
+            if len(emb_rows):
+                con.execute("INSERT INTO embeddings SELECT asset_id, model, vector FROM _embs")
+            if len(emb_rows) or had_vec:
+                con.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
+                            "WHERE key = 'vectors_version'")
+            con.execute("COMMIT")
+        finally:
+            for name in ("_ids", "_assets", "_embs"):
+                con.unregister(name)
+        return WriteResult(len(records), [], emb_ids, emb_mat, ids)
+
+    def remove_paths(self, paths: Sequence[str]) -> np.ndarray:
+        """Delete vanished files (and their embeddings); returns their ids."""
+        if not paths:
+            return np.zeros(0, np.int64)
+        tbl = pa.table({"path": pa.array(list(paths), pa.string())})
+        con = self.con
+        con.register("_gone", tbl)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            ids = np.asarray(con.execute("SELECT id FROM assets JOIN _gone USING (path)")
+                             .fetchnumpy()["id"], dtype=np.int64)
+            con.execute("DELETE FROM embeddings WHERE asset_id IN "
+                        "(SELECT id FROM assets JOIN _gone USING (path))")
+            con.execute("DELETE FROM assets WHERE path IN (SELECT path FROM _gone)")
+            con.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
+                        "WHERE key = 'vectors_version'")
+            con.execute("COMMIT")
+        except duckdb.Error:
+            self._rollback()
+            raise
+        finally:
+            con.unregister("_gone")
+        return ids
+
+    def start_run(self, roots: Sequence[str], device: str, embed: bool) -> int:
+        run_id = int(self.con.execute("SELECT coalesce(max(id), 0) + 1 FROM runs").fetchone()[0])
+        self.con.execute("INSERT INTO runs (id, started_at, roots, device, embed) "
+                         "VALUES (?, now(), ?, ?, ?)", [run_id, json.dumps(list(roots)), device, embed])
+        return run_id
+
+    def finish_run(self, run_id: int, summary: dict[str, Any], status: str) -> None:
+        self.con.execute(
+            "UPDATE runs SET finished_at = now(), files_seen = ?, decoded = ?, unchanged = ?, "
+            "failed = ?, removed = ?, seconds = ?, status = ? WHERE id = ?",
+            [summary["files_seen"], summary["decoded"], summary["unchanged"], summary["failed"],
+             summary["removed"], summary["seconds"], status, run_id])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+__all__ = ["AssetRecord", "Store", "StoreError", "StoreLockedError", "WriteResult",
+           "STATUS_OK", "STATUS_FAILED", "SCHEMA_VERSION"]

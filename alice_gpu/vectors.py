@@ -1,0 +1,160 @@
+"""Stage 6, vectors: FAISS indexes derived from the store, never the other way round.
+
+The embedding index (inner product over L2-normalised vectors, ids = asset
+ids) is saved atomically beside the DuckDB file with a sidecar naming the
+store's ``vectors_version`` it reflects. Missing, stale or unreadable files
+are rebuilt from DuckDB; that is never fatal.
+
+Hash search is exact: Hamming top-k by XOR + popcount in numpy, and all pairs
+within a threshold through a FAISS binary index. These define the semantics
+the CUDA kernels must reproduce.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import faiss
+import numpy as np
+
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "vectors.faiss"
+SIDECAR_FILE = "vectors.json"
+
+
+class VectorIndex:
+    """The embedding index of one store, kept in step with ``Store.vectors_version``."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.dim = store.dim
+        self.path = store.folder / INDEX_FILE
+        self.sidecar = store.folder / SIDECAR_FILE
+        self.index: faiss.IndexIDMap2 | None = None
+        self.rebuilt = False
+
+    def _empty(self) -> faiss.IndexIDMap2:
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+
+    def load(self) -> faiss.IndexIDMap2:
+        """The index, from disk when it matches the store, else rebuilt from DuckDB."""
+        if self.index is not None:
+            return self.index
+        want = self.store.vectors_version()
+        try:
+            meta = json.loads(self.sidecar.read_text())
+            if meta.get("version") != want or meta.get("dim") != self.dim:
+                raise ValueError(f"stale (file v{meta.get('version')}, store v{want})")
+            index = faiss.read_index(str(self.path))
+            if index.d != self.dim or index.ntotal != meta.get("count"):
+                raise ValueError("does not match its sidecar")
+            index = faiss.downcast_index(index)
+            if not isinstance(index, faiss.IndexIDMap2):
+                raise ValueError(f"unexpected index type {type(index).__name__}")
+            self.index = index
+            return self.index
+        except FileNotFoundError:
+            reason = "missing"
+        except Exception as exc:  # corrupt, truncated, garbage, stale: rebuild, never fatal
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return self.rebuild(reason)
+
+    def rebuild(self, reason: str = "requested") -> faiss.IndexIDMap2:
+        ids, mat = self.store.embeddings()
+        log.info("rebuilding vector index from the store (%s): %d vectors", reason, len(ids))
+        index = self._empty()
+        if len(ids):
+            index.add_with_ids(np.ascontiguousarray(mat, dtype=np.float32), ids)
+        self.index = index
+        self.rebuilt = True
+        if not self.store.read_only:
+            self.save()
+        return index
+
+    def update(self, remove_ids: np.ndarray, add_ids: np.ndarray, add_vecs: np.ndarray) -> None:
+        """Apply one run's changes, then save (stale ids first removed, new ones added)."""
+        index = self.load()
+        if self.rebuilt:
+            # a rebuild already read the committed store, changes included
+            self.save()
+            return
+        if len(remove_ids):
+            index.remove_ids(np.asarray(remove_ids, dtype=np.int64))
+        if len(add_ids):
+            index.add_with_ids(np.ascontiguousarray(add_vecs, dtype=np.float32),
+                               np.asarray(add_ids, dtype=np.int64))
+        self.save()
+
+    def save(self) -> None:
+        """Atomic: temp file + rename, the sidecar last (a crash between = stale = rebuild)."""
+        assert self.index is not None
+        tmp = self.path.with_name(f".{INDEX_FILE}.tmp")
+        faiss.write_index(self.index, str(tmp))
+        os.replace(tmp, self.path)
+        meta = {"version": self.store.vectors_version(), "dim": self.dim,
+                "count": int(self.index.ntotal), "model": self.store.model}
+        stmp = self.sidecar.with_name(f".{SIDECAR_FILE}.tmp")
+        stmp.write_text(json.dumps(meta) + "\n")
+        os.replace(stmp, self.sidecar)
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k by cosine: (scores, ids) for one (dim,) query, best first."""
+        index = self.load()
+        k = min(k, index.ntotal)
+        if k == 0:
+            return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        scores, ids = index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k)
+        keep = ids[0] >= 0
+        return scores[0][keep], ids[0][keep]
+
+    def range_pairs(self, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """All pairs (i < j) with cosine >= threshold: (id_a, id_b, score)."""
+        ids, mat = self.store.embeddings()
+        if len(ids) < 2:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        flat = faiss.IndexFlatIP(self.dim)
+        flat.add(np.ascontiguousarray(mat))
+        lims, dist, labels = flat.range_search(np.ascontiguousarray(mat), float(threshold))
+        rows = np.repeat(np.arange(len(ids)), np.diff(lims))
+        keep = rows < labels
+        return ids[rows[keep]], ids[labels[keep]], dist[keep]
+
+
+# ------------------------------------------------------------------ hash search (CPU reference)
+
+def _as_bytes(hashes: np.ndarray) -> np.ndarray:
+    """uint64 → (n, 8) uint8, big-endian so bit order is irrelevant to distances."""
+    return np.ascontiguousarray(np.asarray(hashes, dtype=">u8").view(np.uint8).reshape(-1, 8))
+
+
+def hamming_topk(query: int, hashes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Hamming top-k: (distances, row indices), nearest first, ties by row order."""
+    if len(hashes) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    dist = np.bitwise_count(np.asarray(hashes, dtype=np.uint64) ^ np.uint64(query)).astype(np.int64)
+    k = min(k, len(dist))
+    order = np.lexsort((np.arange(len(dist)), dist))[:k]
+    return dist[order], order
+
+
+def hamming_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of rows (i < j) within ``threshold`` bits: (i, j, distance), sorted by (i, j)."""
+    n = len(hashes)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    codes = _as_bytes(hashes)
+    index = faiss.IndexBinaryFlat(64)
+    index.add(codes)
+    # FAISS keeps distances strictly below the radius
+    lims, dist, labels = index.range_search(codes, int(threshold) + 1)
+    rows = np.repeat(np.arange(n), np.diff(lims))
+    keep = rows < labels
+    i, j, d = rows[keep], labels[keep].astype(np.int64), dist[keep].astype(np.int64)
+    order = np.lexsort((j, i))
+    return i[order], j[order], d[order]
+
