@@ -45,15 +45,19 @@ class AliceIndex:
 
     def index(self, paths: Iterable[str | os.PathLike[str]], *, device: str | None = None,
               embed: bool | None = None, batch_size: int | None = None,
-              workers: int | None = None, progress: ProgressFn | None = None) -> IndexSummary:
-        """Add new and changed files under ``paths``; drop vanished ones."""
+              workers: int | None = None, retry_failed: bool = False,
+              progress: ProgressFn | None = None) -> IndexSummary:
+        """Add new and changed files under ``paths``; drop vanished ones.
+
+        Unchanged files that failed before are skipped unless ``retry_failed``.
+        """
         cfg = self.config.with_overrides(device=device, features__embed=embed,
                                          features__batch_size=batch_size,
                                          decode__max_workers=workers)
         roots = [os.path.expanduser(os.fspath(p)) for p in paths]
         dev = select_device(cfg.device)
         with self._open(read_only=False) as store:
-            return run_index(store, VectorIndex(store), roots, cfg, dev, progress)
+            return run_index(store, VectorIndex(store), roots, cfg, dev, progress, retry_failed)
 
     def similar(self, image: str | os.PathLike[str], *, k: int | None = None,
                 by: str = "embedding", device: str | None = None) -> SimilarResult:

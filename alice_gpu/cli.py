@@ -21,7 +21,7 @@ from rich.table import Table
 
 from .config import ConfigError, load_config
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="GPU-accelerated perceptual hashes, embeddings and near-duplicate search "
                        "for large media collections.")
 out = Console(highlight=False, soft_wrap=True)
@@ -83,6 +83,8 @@ def index(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, show_default=False,
                                           help="CPU decode workers (capped at the cores present)."),
     no_embed: bool = typer.Option(False, "--no-embed", help="Hashes only, no embeddings."),
+    retry_failed: bool = typer.Option(False, "--retry-failed",
+                                      help="Also retry unchanged files that failed before."),
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
 ) -> None:
@@ -107,7 +109,7 @@ def index(
     with progress:
         summary = _run(api.index, [str(p) for p in paths], device=device,
                        embed=False if no_embed else None, batch_size=batch_size,
-                       workers=workers, progress=on_progress)
+                       workers=workers, retry_failed=retry_failed, progress=on_progress)
     if as_json:
         _emit_json(summary.to_dict())
     else:

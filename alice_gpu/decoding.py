@@ -20,8 +20,9 @@ from .discovery import FileEntry
 log = logging.getLogger(__name__)
 
 # Formats we open; everything else (EPS/Ghostscript, PDF, ...) is refused unopened.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "AVIF",
-                   "PPM", "TGA", "ICO")
+Image.init()  # register every plugin, so the allowlist can name them
+ALLOWED_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF",
+                                    "AVIF", "PPM", "TGA", "ICO") if f in Image.OPEN)
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 STATUS_OK = "ok"

@@ -197,7 +197,8 @@ class _Writer(threading.Thread):
 # ------------------------------------------------------------------ the run
 
 def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Config,
-              device: torch.device, progress: ProgressFn | None = None) -> IndexSummary:
+              device: torch.device, progress: ProgressFn | None = None,
+              retry_failed: bool = False) -> IndexSummary:
     """Index ``roots`` into ``store``: only new or changed files are decoded."""
     t0 = time.perf_counter()
     roots = list(roots)
@@ -205,7 +206,7 @@ def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Con
     workers = effective_workers(cfg.decode.max_workers)
     summary = IndexSummary(device=str(device), workers=workers)
 
-    found = discover(roots, store.known_state(require_embedding=embed))
+    found = discover(roots, store.known_state(require_embedding=embed, retry_failed=retry_failed))
     summary.files_seen = found.files_seen
     summary.unchanged = len(found.unchanged)
     if progress:

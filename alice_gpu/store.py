@@ -169,7 +169,7 @@ class Store:
 
     def _check_schema(self) -> None:
         try:
-            row = self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            row = _first(self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall())
         except duckdb.Error:
             raise StoreError(f"{self.folder / DB_FILE} is a DuckDB file but not an alice-gpu "
                              f"index; not touching it") from None
@@ -191,17 +191,20 @@ class Store:
         self.close()
 
     # ------------------------------------------------------------ reads
-    def known_state(self, require_embedding: bool) -> dict[str, tuple[int, int]]:
-        """(size, mtime_ns) of every stored path whose work is complete for this run."""
+    def known_state(self, require_embedding: bool, retry_failed: bool = False
+                    ) -> dict[str, tuple[int, int]]:
+        """(size, mtime_ns) of every stored path whose work is complete for this run.
+
+        Failed files count as complete (they would fail again) unless ``retry_failed``.
+        """
         sql = "SELECT a.path, a.size, a.mtime_ns FROM assets a"
+        ok = "a.status = 'ok'"
         if require_embedding:
-            sql += (" LEFT JOIN embeddings e ON e.asset_id = a.id"
-                    " WHERE a.status <> 'ok' OR e.asset_id IS NOT NULL")
+            sql += " LEFT JOIN embeddings e ON e.asset_id = a.id"
+            ok += " AND e.asset_id IS NOT NULL"
+        sql += f" WHERE ({ok})" + ("" if retry_failed else " OR a.status <> 'ok'")
         cols = self.con.execute(sql).fetchnumpy()
         return {p: (int(s), int(m)) for p, s, m in zip(cols["path"], cols["size"], cols["mtime_ns"])}
-
-    def all_paths(self) -> list[str]:
-        return [r[0] for r in self.con.execute("SELECT path FROM assets").fetchall()]
 
     def path_ids(self) -> dict[str, int]:
         """Every stored path with its id (ids are kept when a file changes)."""
@@ -209,11 +212,11 @@ class Store:
         return dict(zip(cols["path"].tolist(), cols["id"].tolist()))
 
     def max_id(self) -> int:
-        return int(self.con.execute("SELECT coalesce(max(id), 0) FROM assets").fetchone()[0])
+        return int(self.con.execute("SELECT coalesce(max(id), 0) FROM assets").fetchall()[0][0])
 
     def asset(self, path: str) -> dict[str, Any] | None:
         cur = self.con.execute(f"SELECT {', '.join(_ASSET_COLUMNS)} FROM assets WHERE path = ?", [path])
-        row = cur.fetchone()
+        row = _first(cur.fetchall())
         return dict(zip(_ASSET_COLUMNS, row)) if row else None
 
     def assets_by_ids(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
@@ -249,8 +252,8 @@ class Store:
         return ids, mat
 
     def embedding_of(self, asset_id: int) -> np.ndarray | None:
-        row = self.con.execute("SELECT vector FROM embeddings WHERE asset_id = ?",
-                               [int(asset_id)]).fetchone()
+        row = _first(self.con.execute("SELECT vector FROM embeddings WHERE asset_id = ?",
+                               [int(asset_id)]).fetchall())
         return None if row is None else np.asarray(row[0], dtype=np.float32)
 
     def failed_in_run(self, run_id: int) -> list[tuple[str, str]]:
@@ -258,20 +261,25 @@ class Store:
                                 "WHERE run_id = ? AND status <> 'ok' ORDER BY path",
                                 [run_id]).fetchall()
 
+    def failed_in_run(self, run_id: int) -> list[tuple[str, str]]:
+        return self.con.execute("SELECT path, coalesce(error, '') FROM assets "
+                                "WHERE run_id = ? AND status <> 'ok' ORDER BY path",
+                                [run_id]).fetchall()
+
     def vectors_version(self) -> int:
-        row = self.con.execute("SELECT value FROM meta WHERE key = 'vectors_version'").fetchone()
+        row = _first(self.con.execute("SELECT value FROM meta WHERE key = 'vectors_version'").fetchall())
         return int(row[0]) if row else 0
 
     def stats(self) -> dict[str, Any]:
         q = self.con.execute
-        assets = q("SELECT count(*) FROM assets WHERE status = 'ok'").fetchone()[0]
-        failed = q("SELECT count(*) FROM assets WHERE status <> 'ok'").fetchone()[0]
-        embedded = q("SELECT count(*) FROM embeddings").fetchone()[0]
-        total_bytes = q("SELECT coalesce(sum(size), 0) FROM assets WHERE status = 'ok'").fetchone()[0]
+        assets = q("SELECT count(*) FROM assets WHERE status = 'ok'").fetchall()[0][0]
+        failed = q("SELECT count(*) FROM assets WHERE status <> 'ok'").fetchall()[0][0]
+        embedded = q("SELECT count(*) FROM embeddings").fetchall()[0][0]
+        total_bytes = q("SELECT coalesce(sum(size), 0) FROM assets WHERE status = 'ok'").fetchall()[0][0]
         formats = dict(q("SELECT format, count(*) FROM assets WHERE status = 'ok' "
                          "GROUP BY format ORDER BY 2 DESC").fetchall())
-        last = q("SELECT id, finished_at, files_seen, decoded, unchanged, failed, removed, seconds "
-                 "FROM runs WHERE status IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
+        last = _first(q("SELECT id, finished_at, files_seen, decoded, unchanged, failed, removed, seconds "
+                 "FROM runs WHERE status IS NOT NULL ORDER BY id DESC LIMIT 1").fetchall())
         errors = q("SELECT path, error FROM assets WHERE status <> 'ok' ORDER BY path LIMIT 20"
                    ).fetchall()
         return {
@@ -348,7 +356,7 @@ class Store:
         con.register("_embs", embs)
         try:
             had_vec = con.execute("SELECT count(*) FROM embeddings WHERE asset_id IN "
-                                  "(SELECT id FROM _ids)").fetchone()[0]
+                                  "(SELECT id FROM _ids)").fetchall()[0][0]
             con.execute("DELETE FROM embeddings WHERE asset_id IN (SELECT id FROM _ids)")
             con.execute("DELETE FROM assets WHERE id IN (SELECT id FROM _ids)")
             con.execute(f"INSERT INTO assets ({', '.join(_ASSET_COLUMNS)}) "
@@ -389,7 +397,7 @@ class Store:
         return ids
 
     def start_run(self, roots: Sequence[str], device: str, embed: bool) -> int:
-        run_id = int(self.con.execute("SELECT coalesce(max(id), 0) + 1 FROM runs").fetchone()[0])
+        run_id = int(self.con.execute("SELECT coalesce(max(id), 0) + 1 FROM runs").fetchall()[0][0])
         self.con.execute("INSERT INTO runs (id, started_at, roots, device, embed) "
                          "VALUES (?, now(), ?, ?, ?)", [run_id, json.dumps(list(roots)), device, embed])
         return run_id
@@ -400,6 +408,11 @@ class Store:
             "failed = ?, removed = ?, seconds = ?, status = ? WHERE id = ?",
             [summary["files_seen"], summary["decoded"], summary["unchanged"], summary["failed"],
              summary["removed"], summary["seconds"], status, run_id])
+
+
+def _first(rows: list[tuple]) -> tuple | None:
+    """First row or None (results are always fetched whole: DuckDB keeps partial ones open)."""
+    return rows[0] if rows else None
 
 
 def _atomic_write_text(path: Path, text: str) -> None:

@@ -53,7 +53,6 @@ class VectorIndex:
             index = faiss.read_index(str(self.path))
             if index.d != self.dim or index.ntotal != meta.get("count"):
                 raise ValueError("does not match its sidecar")
-            index = faiss.downcast_index(index)
             if not isinstance(index, faiss.IndexIDMap2):
                 raise ValueError(f"unexpected index type {type(index).__name__}")
             self.index = index
@@ -120,7 +119,7 @@ class VectorIndex:
         flat = faiss.IndexFlatIP(self.dim)
         flat.add(np.ascontiguousarray(mat))
         lims, dist, labels = flat.range_search(np.ascontiguousarray(mat), float(threshold))
-        rows = np.repeat(np.arange(len(ids)), np.diff(lims))
+        rows = np.repeat(np.arange(len(ids)), np.diff(lims).astype(np.int64))
         keep = rows < labels
         return ids[rows[keep]], ids[labels[keep]], dist[keep]
 
@@ -152,7 +151,7 @@ def hamming_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray, np.nd
     index.add(codes)
     # FAISS keeps distances strictly below the radius
     lims, dist, labels = index.range_search(codes, int(threshold) + 1)
-    rows = np.repeat(np.arange(n), np.diff(lims))
+    rows = np.repeat(np.arange(n), np.diff(lims).astype(np.int64))
     keep = rows < labels
     i, j, d = rows[keep], labels[keep].astype(np.int64), dist[keep].astype(np.int64)
     order = np.lexsort((j, i))

@@ -1,0 +1,69 @@
+"""Shared fixtures: the real image sets beside the repository, devices, small generated files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("ALICE_GPU_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                  reason="needs a CUDA GPU")),
+]
+
+
+def shared(*parts: str) -> Path:
+    """A path under ../shared/data; skips (saying why) when the folder is absent."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs the shared image sets at {path} (absent outside this project's machines)")
+    return path
+
+
+@pytest.fixture(params=DEVICES)
+def device(request) -> torch.device:
+    return torch.device(request.param)
+
+
+@pytest.fixture(scope="session")
+def photos() -> Path:
+    return shared("photo_collection")
+
+
+@pytest.fixture(scope="session")
+def near_dups() -> Path:
+    return shared("near_duplicates")
+
+
+@pytest.fixture(scope="session")
+def odd_files() -> Path:
+    return shared("odd_files")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_db(tmp_path_factory, monkeypatch):
+    """No test ever touches the user's real index."""
+    monkeypatch.setenv("ALICE_GPU_DB", str(tmp_path_factory.mktemp("default-db")))
+
+
+@pytest.fixture(scope="session")
+def photo_set(photos):
+    """photo_collection decoded once: (label rows, paths, (N, 256, 256, 3) uint8)."""
+    import csv
+
+    import numpy as np
+
+    from alice_gpu.decoding import decode_many
+    from alice_gpu.discovery import FileEntry
+
+    rows = list(csv.DictReader(open(photos / "labels.csv")))
+    paths = [str(photos / r["file"]) for r in rows]
+    decoded = decode_many([FileEntry(p, 0, 0) for p in paths], 256)
+    assert all(d.status == "ok" for d in decoded)
+    return rows, paths, np.stack([d.pixels for d in decoded])

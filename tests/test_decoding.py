@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alice_gpu.decoding import ALLOWED_FORMATS, STATUS_FAILED, STATUS_OK, decode_file, decode_many
+from alice_gpu.discovery import FileEntry, walk
+
+WS = 64
+
+
+def _entry(path) -> FileEntry:
+    st = path.stat()
+    return FileEntry(str(path), st.st_size, st.st_mtime_ns)
+
+
+def _gradient(w=80, h=60) -> np.ndarray:
+    x = np.linspace(0, 255, w)[None, :, None]
+    y = np.linspace(0, 255, h)[:, None, None]
+    return np.concatenate([np.broadcast_to(x, (h, w, 1)), np.broadcast_to(y, (h, w, 1)),
+                           np.full((h, w, 1), 128.0)], axis=2).astype(np.uint8)
+
+
+def _save(tmp_path, name, im: Image.Image, **kw):
+    path = tmp_path / name
+    im.save(path, **kw)
+    return path
+
+
+def test_output_is_fixed_size_uint8_rgb(tmp_path):
+    d = decode_file(_entry(_save(tmp_path, "g.png", Image.fromarray(_gradient()))), WS)
+    assert d.status == STATUS_OK and d.error is None
+    assert d.pixels.shape == (WS, WS, 3) and d.pixels.dtype == np.uint8
+    assert (d.width, d.height, d.format) == (80, 60, "PNG")
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(tmp_path, orientation):
+    # a picture whose top-left quadrant is white; stored transformed, tagged with its orientation
+    upright = np.zeros((40, 60, 3), np.uint8)
+    upright[:20, :30] = 255
+    im = Image.fromarray(upright)
+    inverse = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+               6: Image.Transpose.ROTATE_90, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_270}[orientation]
+    stored = im.transpose(inverse) if inverse is not None else im
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = _save(tmp_path, f"o{orientation}.png", stored, exif=exif.tobytes())
+    d = decode_file(_entry(path), 32)
+    assert d.status == STATUS_OK
+    assert (d.width, d.height) == (60, 40)
+    px = d.pixels.mean(axis=2)
+    assert px[:12, :12].mean() > 200 and px[20:, 20:].mean() < 50
+
+
+def test_modes_convert_to_rgb(tmp_path):
+    g = _gradient()
+    cases = {
+        "cmyk.jpg": (Image.fromarray(g).convert("CMYK"), {}),
+        "la.png": (Image.fromarray(g[..., 0]).convert("LA"), {}),
+        "p_alpha.png": (Image.fromarray(g).convert("P"), {"transparency": 0}),
+        "bw.png": (Image.fromarray(g[..., 0]).convert("1"), {}),
+    }
+    for name, (im, kw) in cases.items():
+        d = decode_file(_entry(_save(tmp_path, name, im, **kw)), WS)
+        assert d.status == STATUS_OK, (name, d.error)
+        assert d.pixels.shape == (WS, WS, 3)
+
+
+def test_16bit_gray_is_scaled_not_clipped(tmp_path):
+    arr = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (64, 1))
+    path = _save(tmp_path, "g16.png", Image.fromarray(arr))
+    d = decode_file(_entry(path), 64)
+    assert d.status == STATUS_OK
+    row = d.pixels[32, :, 0].astype(int)
+    assert row[0] < 10 and row[-1] > 245 and 100 < row[32] < 160   # clipping would give 255s
+
+
+def test_animated_gif_uses_first_frame(tmp_path):
+    frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=50)
+    d = decode_file(_entry(path), 16)
+    assert d.status == STATUS_OK
+    r, g, b = d.pixels.reshape(-1, 3).mean(axis=0)
+    assert r > 200 and b < 50
+
+
+@pytest.mark.parametrize("name, data", [
+    ("empty.jpg", b""),
+    ("text.jpg", b"this is not an image at all"),
+])
+def test_bad_bytes_become_records(tmp_path, name, data):
+    path = tmp_path / name
+    path.write_bytes(data)
+    d = decode_file(_entry(path), WS)
+    assert d.status == STATUS_FAILED and d.pixels is None
+    assert d.error and "\n" not in d.error
+
+
+def test_truncated_jpeg_is_a_failure_not_a_crash(tmp_path):
+    buf = io.BytesIO()
+    Image.fromarray(_gradient(400, 300)).save(buf, "JPEG", quality=90)
+    path = tmp_path / "trunc.jpg"
+    path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    d = decode_file(_entry(path), WS)
+    assert d.status == STATUS_FAILED and "truncated" in d.error.lower()
+
+
+def test_vanished_file_is_a_record(tmp_path):
+    d = decode_file(FileEntry(str(tmp_path / "gone.jpg"), 10, 10), WS)
+    assert d.status == STATUS_FAILED and "FileNotFoundError" in d.error
+
+
+def test_formats_outside_the_allowlist_are_refused(tmp_path):
+    assert "EPS" not in ALLOWED_FORMATS and "PDF" not in ALLOWED_FORMATS
+    path = tmp_path / "x.jpg"
+    Image.fromarray(_gradient()).save(path, "PDF")
+    assert decode_file(_entry(path), WS).status == STATUS_FAILED
+
+
+def test_every_odd_file_gives_one_record(odd_files):
+    entries = list(walk([odd_files]))
+    assert len(entries) >= 50
+    results = decode_many(entries, WS)
+    assert [r.path for r in results] == [e.path for e in entries]
+    by_name = {r.path.split("odd_files/")[1]: r for r in results}
+    for name in ("sd-parsers/empty_file.png", "pillow/broken.png",
+                 "pillow/decompression_bomb.gif", "imagededup/ukbench09268_corrupt.jpg"):
+        assert by_name[name].status == STATUS_FAILED, name
+    for name in ("pillow/pil_sample_cmyk.jpg", "libpng/basn6a16.png", "pillow/iss634.gif",
+                 "pillow/p_trns_single.png", "imagededup/ukbench09380.png",
+                 "dataset-tools/Comfyui_00491_.jpg"):
+        assert by_name[name].status == STATUS_OK, (name, by_name[name].error)
+    assert all(r.pixels.shape == (WS, WS, 3) for r in results if r.status == STATUS_OK)
