@@ -212,6 +212,8 @@ def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Con
     if progress:
         progress(ProgressEvent("discover", found.files_seen, found.files_seen))
 
+    if found.todo or found.removed:
+        vectors.load()  # as the store is now: the run's deltas are applied to it at the end
     run_id = store.start_run(roots, str(device), embed)
     summary.run_id = run_id
     removed_ids = store.remove_paths(found.removed)

@@ -76,14 +76,17 @@ class VectorIndex:
         return index
 
     def update(self, remove_ids: np.ndarray, add_ids: np.ndarray, add_vecs: np.ndarray) -> None:
-        """Apply one run's changes, then save (stale ids first removed, new ones added)."""
+        """Apply one run's changes, then save.
+
+        Call ``load()`` before the run writes, so the loaded index matches the
+        store as it was; applying the deltas twice is harmless (ids re-added
+        are removed first), so a rebuild that already saw them stays correct.
+        """
         index = self.load()
-        if self.rebuilt:
-            # a rebuild already read the committed store, changes included
-            self.save()
-            return
-        if len(remove_ids):
-            index.remove_ids(np.asarray(remove_ids, dtype=np.int64))
+        drop = np.unique(np.concatenate([np.asarray(remove_ids, dtype=np.int64),
+                                         np.asarray(add_ids, dtype=np.int64)]))
+        if len(drop):
+            index.remove_ids(drop)
         if len(add_ids):
             index.add_with_ids(np.ascontiguousarray(add_vecs, dtype=np.float32),
                                np.asarray(add_ids, dtype=np.int64))
