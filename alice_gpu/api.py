@@ -12,15 +12,18 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .config import Config, default_db_dir, load_config
-from .device import select_device
-from .embedding import model_cfg
 from .pipeline import IndexSummary, ProgressFn, run_index
-from .search import DuplicatesResult, SimilarResult, duplicates, similar
 from .store import MANIFEST_FILE, Store
 from .vectors import VectorIndex
+
+if TYPE_CHECKING:
+    from .search import DuplicatesResult, SimilarResult
+
+# torch-backed modules (device, embedding, search) are imported where they are
+# needed, so that `index` with nothing to do starts in a fraction of a second.
 
 log = logging.getLogger(__name__)
 
@@ -32,16 +35,23 @@ class AliceIndex:
         self.folder = Path(db).expanduser() if db else default_db_dir()
         self.config = config or load_config()
 
-    def _model(self) -> str:
-        """The model the index was built with (manifest), else the configured one."""
+    def _manifest(self) -> dict[str, Any]:
         try:
-            return json.loads((self.folder / MANIFEST_FILE).read_text())["model"]
-        except (OSError, ValueError, KeyError):
-            return self.config.features.model
+            return json.loads((self.folder / MANIFEST_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
 
     def _open(self, read_only: bool) -> Store:
-        name = self._model() if read_only else self.config.features.model
-        return Store(self.folder, model=name, dim=model_cfg(name).dim, read_only=read_only)
+        """Queries use the model the index was built with; writes the configured one."""
+        manifest = self._manifest()
+        name = manifest.get("model") if read_only else None
+        name = name or self.config.features.model
+        dim = manifest.get("dim") if manifest.get("model") == name else None
+        if not isinstance(dim, int):
+            from .embedding import model_cfg
+
+            dim = model_cfg(name).dim
+        return Store(self.folder, model=name, dim=dim, read_only=read_only)
 
     def index(self, paths: Iterable[str | os.PathLike[str]], *, device: str | None = None,
               embed: bool | None = None, batch_size: int | None = None,
@@ -55,20 +65,29 @@ class AliceIndex:
                                          features__batch_size=batch_size,
                                          decode__max_workers=workers)
         roots = [os.path.expanduser(os.fspath(p)) for p in paths]
-        dev = select_device(cfg.device)
+        dev = None
+        if cfg.device != "auto" and cfg.device != "cpu":
+            from .device import select_device
+
+            dev = select_device(cfg.device)  # an explicit GPU request fails up front
         with self._open(read_only=False) as store:
             return run_index(store, VectorIndex(store), roots, cfg, dev, progress, retry_failed)
 
     def similar(self, image: str | os.PathLike[str], *, k: int | None = None,
-                by: str = "embedding", device: str | None = None) -> SimilarResult:
+                by: str = "embedding", device: str | None = None) -> "SimilarResult":
         """Top-k look-alikes of ``image`` (in the index or not), best first."""
+        from .device import select_device
+        from .search import similar
+
         cfg = self.config.with_overrides(device=device)
         with self._open(read_only=True) as store:
             return similar(store, VectorIndex(store), os.fspath(image),
                            k=k or cfg.query.k, by=by, cfg=cfg, device=select_device(cfg.device))
 
-    def duplicates(self, *, by: str = "phash", threshold: float | None = None) -> DuplicatesResult:
+    def duplicates(self, *, by: str = "phash", threshold: float | None = None) -> "DuplicatesResult":
         """Groups of near-duplicates (connected components within ``threshold``)."""
+        from .search import duplicates
+
         with self._open(read_only=True) as store:
             return duplicates(store, VectorIndex(store), by=by, threshold=threshold,
                               cfg=self.config)

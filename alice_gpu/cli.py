@@ -19,7 +19,9 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
 
-from .config import ConfigError, load_config
+from .config import load_config
+from .errors import (ConfigError, DeviceError, ModelError, QueryError, StoreError,
+                     StoreLockedError)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="GPU-accelerated perceptual hashes, embeddings and near-duplicate search "
@@ -55,11 +57,6 @@ def _open(db: Optional[Path], config: Optional[Path]):
 
 def _run(fn, *args: Any, **kwargs: Any) -> Any:
     """Call the API, turning its known errors into messages and exit codes."""
-    from .device import DeviceError
-    from .embedding import ModelError
-    from .search import QueryError
-    from .store import StoreError, StoreLockedError
-
     try:
         return fn(*args, **kwargs)
     except StoreLockedError as exc:

@@ -16,15 +16,13 @@ from typing import Any, Mapping
 
 import yaml
 
+from .errors import ConfigError
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DB_ENV = "ALICE_GPU_DB"
 
 HASH_NAMES = ("ahash", "dhash", "phash", "whash")
 QUERY_KINDS = ("embedding",) + HASH_NAMES
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message is one line."""
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import DeviceError
+
 log = logging.getLogger(__name__)
-
-
-class DeviceError(RuntimeError):
-    """The requested device cannot be used (e.g. ``cuda`` on a machine without one)."""
 
 
 def cuda_available() -> bool:
@@ -54,6 +52,12 @@ def to_device(host_nhwc: torch.Tensor, device: torch.device) -> torch.Tensor:
     """
     dev = host_nhwc.to(device, non_blocking=True)
     return dev.permute(0, 3, 1, 2).contiguous()
+
+
+def model_batch_size(device: torch.device) -> int:
+    """Images per CNN forward pass: small on CPU (activations stay in cache; measured
+    36 img/s at 8 vs 15 img/s at 96 on 2 cores), the whole batch on a GPU."""
+    return 8 if device.type == "cpu" else 1 << 30
 
 
 def synchronize(device: torch.device) -> None:

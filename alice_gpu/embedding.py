@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ModelError
+
 log = logging.getLogger(__name__)
 
 
@@ -159,10 +161,6 @@ def _lite0_weights() -> str:
 
 
 # ---------------------------------------------------------------- registry + factory
-
-class ModelError(RuntimeError):
-    """A model that cannot be created or loaded."""
-
 
 @dataclass(frozen=True)
 class ModelEntry:

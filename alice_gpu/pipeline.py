@@ -17,19 +17,18 @@ import time
 from collections import deque
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-import torch
 
 from .config import Config
 from .decoding import STATUS_FAILED, STATUS_OK, Decoded, decode_file, decode_many
-from .device import stack_batch, synchronize, to_device
 from .discovery import FileEntry, discover
-from .embedding import EmbeddingModel, create_model
-from .hashing import compute_hashes, to_uint64
 from .store import AssetRecord, Store, WriteResult
 from .vectors import VectorIndex
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -113,42 +112,15 @@ def decode_stream(entries: Sequence[FileEntry], working_size: int, workers: int,
 
 # ------------------------------------------------------------------ device stage
 
-class FeatureExtractor:
-    """Hashes (always) and embeddings (optional) of uint8 batches on one device."""
-
-    def __init__(self, device: torch.device, model: EmbeddingModel | None):
-        self.device = device
-        self.model = model
-
-    @torch.inference_mode()
-    def __call__(self, host_batch: torch.Tensor) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-        batch = to_device(host_batch, self.device)
-        hashes = {k: to_uint64(v) for k, v in compute_hashes(batch).items()}
-        emb = None
-        if self.model is not None:
-            emb = self.model.embed(batch).float().cpu().numpy()
-        synchronize(self.device)
-        return hashes, emb
-
-
-def _records_for(items: list[Decoded], extractor: FeatureExtractor) -> list[AssetRecord]:
-    """Features for a batch; if the batch fails on the device, retry item by item."""
-    try:
-        hashes, emb = extractor(stack_batch([d.pixels for d in items], extractor.device))
-    except Exception as exc:  # noqa: BLE001 - isolate the culprit, keep the rest
-        if len(items) == 1:
-            d = items[0]
-            return [_failed_record(d, f"features: {type(exc).__name__}: {exc}"[:300])]
-        log.warning("batch of %d failed on %s (%s); retrying one by one",
-                    len(items), extractor.device, exc)
-        return [r for d in items for r in _records_for([d], extractor)]
+def _records(items: list[Decoded], extractor) -> list[AssetRecord]:
     out = []
-    for i, d in enumerate(items):
-        out.append(AssetRecord(
-            path=d.path, size=d.size, mtime_ns=d.mtime_ns, status=STATUS_OK,
-            width=d.width, height=d.height, format=d.format,
-            hashes={k: int(v[i]) for k, v in hashes.items()},
-            embedding=None if emb is None else emb[i]))
+    for d, f in zip(items, extractor.extract([d.pixels for d in items])):
+        if f.error is not None:
+            out.append(_failed_record(d, f.error))
+        else:
+            out.append(AssetRecord(path=d.path, size=d.size, mtime_ns=d.mtime_ns,
+                                   status=STATUS_OK, width=d.width, height=d.height,
+                                   format=d.format, hashes=f.hashes, embedding=f.embedding))
     return out
 
 
@@ -197,14 +169,19 @@ class _Writer(threading.Thread):
 # ------------------------------------------------------------------ the run
 
 def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Config,
-              device: torch.device, progress: ProgressFn | None = None,
+              device: "torch.device | None" = None, progress: ProgressFn | None = None,
               retry_failed: bool = False) -> IndexSummary:
-    """Index ``roots`` into ``store``: only new or changed files are decoded."""
+    """Index ``roots`` into ``store``: only new or changed files are decoded.
+
+    ``device`` None means "select from ``cfg.device`` if there is work": a run
+    with nothing to do never imports torch.
+    """
     t0 = time.perf_counter()
     roots = list(roots)
     embed = cfg.features.embed
     workers = effective_workers(cfg.decode.max_workers)
-    summary = IndexSummary(device=str(device), workers=workers)
+    summary = IndexSummary(device=str(device) if device is not None else cfg.device,
+                           workers=workers)
 
     found = discover(roots, store.known_state(require_embedding=embed, retry_failed=retry_failed))
     summary.files_seen = found.files_seen
@@ -214,7 +191,7 @@ def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Con
 
     if found.todo or found.removed:
         vectors.load()  # as the store is now: the run's deltas are applied to it at the end
-    run_id = store.start_run(roots, str(device), embed)
+    run_id = store.start_run(roots, summary.device, embed)
     summary.run_id = run_id
     removed_ids = store.remove_paths(found.removed)
     summary.removed = len(removed_ids)
@@ -230,8 +207,15 @@ def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Con
             ids[e.path] = next_id
             next_id += 1
 
-    model = create_model(cfg.features.model, device) if (embed and todo) else None
-    extractor = FeatureExtractor(device, model)
+    extractor = None
+    if todo:
+        from .device import select_device
+        from .features import FeatureExtractor
+
+        if device is None:
+            device = select_device(cfg.device)
+            summary.device = str(device)
+        extractor = FeatureExtractor.create(device, cfg.features.model if embed else None)
     batch_size = cfg.features.batch_size
     writer = _Writer(store, run_id)
     writer.start()
@@ -245,7 +229,7 @@ def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Con
 
         def flush() -> None:
             nonlocal done, failed
-            records = bad[:] + (_records_for(ok_items, extractor) if ok_items else [])
+            records = bad[:] + (_records(ok_items, extractor) if ok_items else [])
             for r in records:
                 r.id = ids[r.path]
             failed += sum(r.status != STATUS_OK for r in records)

@@ -17,17 +17,12 @@ import torch
 from .config import HASH_NAMES, QUERY_KINDS, Config
 from .decoding import STATUS_OK, decode_path
 from .discovery import normalize_path
-from .embedding import create_model
-from .pipeline import FeatureExtractor
-from .device import stack_batch
+from .errors import QueryError
+from .features import FeatureExtractor
 from .store import Store
 from .vectors import VectorIndex, hamming_pairs, hamming_topk
 
 log = logging.getLogger(__name__)
-
-
-class QueryError(ValueError):
-    """A query that cannot be answered (unreadable image, empty index...)."""
 
 
 @dataclass(frozen=True)
@@ -101,11 +96,13 @@ def query_features(store: Store, path: str, by: str, cfg: Config, device: torch.
     dec = decode_path(key, cfg.decode.working_size)
     if dec.status != STATUS_OK:
         raise QueryError(f"cannot decode query image {path}: {dec.error}")
-    model = create_model(store.model, device) if by == "embedding" else None
-    hashes, emb = FeatureExtractor(device, model)(stack_batch([dec.pixels], device))
+    extractor = FeatureExtractor.create(device, store.model if by == "embedding" else None)
+    feats = extractor.extract([dec.pixels])[0]
+    if feats.error is not None:
+        raise QueryError(f"cannot featurise query image {path}: {feats.error}")
     if by == "embedding":
-        return emb[0], False
-    return int(hashes[by][0]), False
+        return feats.embedding, False
+    return int(feats.hashes[by]), False
 
 
 def similar(store: Store, vectors: VectorIndex, path: str, *, k: int, by: str, cfg: Config,

@@ -21,21 +21,14 @@ import numpy as np
 import pyarrow as pa
 
 from .decoding import STATUS_FAILED, STATUS_OK
-from .hashing import HASHES
+from .errors import StoreError, StoreLockedError
+from .config import HASH_NAMES as HASHES
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 DB_FILE = "alice.duckdb"
 MANIFEST_FILE = "manifest.json"
-
-
-class StoreError(RuntimeError):
-    """The store cannot be opened or used; the message says why and what to do."""
-
-
-class StoreLockedError(StoreError):
-    """Another process holds the store."""
 
 
 @dataclass(slots=True)
@@ -169,7 +162,8 @@ class Store:
 
     def _check_schema(self) -> None:
         try:
-            row = _first(self.con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall())
+            row = _first(self.con.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'").fetchall())
         except duckdb.Error:
             raise StoreError(f"{self.folder / DB_FILE} is a DuckDB file but not an alice-gpu "
                              f"index; not touching it") from None
@@ -253,7 +247,7 @@ class Store:
 
     def embedding_of(self, asset_id: int) -> np.ndarray | None:
         row = _first(self.con.execute("SELECT vector FROM embeddings WHERE asset_id = ?",
-                               [int(asset_id)]).fetchall())
+                                      [int(asset_id)]).fetchall())
         return None if row is None else np.asarray(row[0], dtype=np.float32)
 
     def failed_in_run(self, run_id: int) -> list[tuple[str, str]]:
@@ -261,13 +255,9 @@ class Store:
                                 "WHERE run_id = ? AND status <> 'ok' ORDER BY path",
                                 [run_id]).fetchall()
 
-    def failed_in_run(self, run_id: int) -> list[tuple[str, str]]:
-        return self.con.execute("SELECT path, coalesce(error, '') FROM assets "
-                                "WHERE run_id = ? AND status <> 'ok' ORDER BY path",
-                                [run_id]).fetchall()
-
     def vectors_version(self) -> int:
-        row = _first(self.con.execute("SELECT value FROM meta WHERE key = 'vectors_version'").fetchall())
+        row = _first(self.con.execute(
+            "SELECT value FROM meta WHERE key = 'vectors_version'").fetchall())
         return int(row[0]) if row else 0
 
     def stats(self) -> dict[str, Any]:
