@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .config import Config, default_db_dir, load_config
+from .modelcfg import known_dim
 from .pipeline import IndexSummary, ProgressFn, run_index
 from .store import MANIFEST_FILE, Store
 from .vectors import VectorIndex
@@ -48,7 +49,9 @@ class AliceIndex:
         name = name or self.config.features.model
         dim = manifest.get("dim") if manifest.get("model") == name else None
         if not isinstance(dim, int):
-            from .embedding import model_cfg
+            dim = known_dim(name)
+        if dim is None:
+            from .embedding import model_cfg   # a plug-in model: ask the registry
 
             dim = model_cfg(name).dim
         return Store(self.folder, model=name, dim=dim, read_only=read_only)
@@ -62,8 +65,8 @@ class AliceIndex:
         Unchanged files that failed before are skipped unless ``retry_failed``.
         """
         cfg = self.config.with_overrides(device=device, features__embed=embed,
-                                         features__batch_size=batch_size,
-                                         decode__max_workers=workers)
+                                         performance__batch_size=batch_size,
+                                         performance__max_workers=workers)
         roots = [os.path.expanduser(os.fspath(p)) for p in paths]
         dev = None
         if cfg.device != "auto" and cfg.device != "cpu":

@@ -34,8 +34,10 @@ EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
 DbOpt = typer.Option(None, "--db", help="Index folder (default: $ALICE_GPU_DB or "
                      "$XDG_DATA_HOME/alice-gpu/default).", show_default=False)
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document for scripts.")
-ConfigOpt = typer.Option(None, "--config", help="YAML config file (see configs/).",
+ConfigOpt = typer.Option(None, "--config", help="YAML config file (see configs/default.yaml).",
                          show_default=False)
+ProfileOpt = typer.Option(None, "--profile", show_default=False,
+                          help="Named configuration: default | fast | memory | large (configs/).")
 
 
 def show_path(path: str) -> str:
@@ -49,10 +51,10 @@ def _fail(message: str, code: int) -> "typer.Exit":
     return typer.Exit(code)
 
 
-def _open(db: Optional[Path], config: Optional[Path]):
+def _open(db: Optional[Path], config: Optional[Path], profile: Optional[str] = None):
     from .api import open_index
 
-    return open_index(db, config=load_config(config) if config else None)
+    return open_index(db, config=load_config(config, profile=profile))
 
 
 def _run(fn, *args: Any, **kwargs: Any) -> Any:
@@ -84,12 +86,13 @@ def index(
                                       help="Also retry unchanged files that failed before."),
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
+    profile: Optional[str] = ProfileOpt,
 ) -> None:
     """Build or update the index: new and changed files are decoded, vanished ones dropped."""
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise _fail(f"no such file or folder: {show_path(str(missing[0]))}", EXIT_USAGE)
-    api = _run(_open, db, config)
+    api = _run(_open, db, config, profile)
     show_bar = not as_json and err.is_terminal
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
@@ -113,12 +116,21 @@ def index(
         table = Table(title="alice-gpu index", show_header=False, box=None)
         for label, value in (("files seen", summary.files_seen), ("decoded", summary.decoded),
                              ("unchanged", summary.unchanged), ("failed", summary.failed),
-                             ("removed", summary.removed), ("seconds", f"{summary.seconds:.2f}"),
+                             ("removed", summary.removed), ("reused", summary.reused),
+                             ("seconds", f"{summary.seconds:.2f}"),
                              ("files/s", f"{summary.files_per_second:.1f}"),
                              ("device", summary.device), ("workers", summary.workers),
-                             ("index", str(api.folder))):
+                             ("batch size", summary.batch_size), ("index", str(api.folder))):
             table.add_row(label, str(value))
         out.print(table)
+        m = summary.metrics
+        if m:
+            stages = ", ".join(f"{k} {v:.2f}s" for k, v in m["stage_seconds"].items())
+            out.print(f"metrics: {m['files_processed']} files processed in "
+                      f"{m['processing_time']:.2f}s ({m['average_file_time'] * 1000:.1f} ms/file), "
+                      f"peak memory {m['memory_usage_mb']:.0f} MB, cache hit rate "
+                      f"{m['cache_hit_rate']:.1%}, batch efficiency {m['batch_efficiency']:.1%}; "
+                      f"stages: {stages}", markup=False)
         if summary.failed:
             err.print(f"{summary.failed} file(s) failed; first ones:", markup=False)
             for f in summary.failed_files[:5]:

@@ -26,18 +26,44 @@ QUERY_KINDS = ("embedding",) + HASH_NAMES
 
 
 @dataclass(frozen=True)
+class PerformanceConfig:
+    """The seed's performance keys; each one changes real behaviour (see README)."""
+
+    max_workers: int = 8                  # CPU decode processes (capped at the cores present)
+    batch_size: int = 100                 # images per device batch
+    enable_batch_operations: bool = True  # bulk Arrow inserts; False = one INSERT per row
+    batch_insert_size: int = 1000         # rows per bulk INSERT statement
+    transaction_size: int = 5000          # rows per committed transaction
+    max_memory_cache_mb: int = 512        # decoded pixels in flight never exceed this
+    cache_ttl_seconds: int = 3600         # query-result cache entries expire after this
+    parallel_metadata_extraction: bool = True  # stat + content hashing on a thread pool
+    parallel_hash_computation: bool = True     # CPU runs: hashes in the decode workers
+    search_cache_size: int = 256          # query-result LRU entries (0 = no cache)
+
+    def validate(self) -> None:
+        _check(1 <= self.max_workers <= 256, "performance.max_workers must be in 1..256")
+        _check(1 <= self.batch_size <= 4096, "performance.batch_size must be in 1..4096")
+        _check(self.batch_insert_size >= 1, "performance.batch_insert_size must be >= 1")
+        _check(self.transaction_size >= 1, "performance.transaction_size must be >= 1")
+        _check(self.max_memory_cache_mb >= 16, "performance.max_memory_cache_mb must be >= 16")
+        _check(self.cache_ttl_seconds >= 0, "performance.cache_ttl_seconds must be >= 0")
+        _check(self.search_cache_size >= 0, "performance.search_cache_size must be >= 0")
+
+
+@dataclass(frozen=True)
 class DecodeConfig:
     """How files become fixed-size uint8 RGB images on CPU workers."""
 
     working_size: int = 256
-    max_workers: int = 8
-    # jobs with fewer files than this are decoded in-process (no pool start-up)
-    parallel_threshold: int = 64
+    hash_size: int = 64            # working size of hash-only runs (JPEG draft goes straight there)
+    # jobs with fewer files than this are decoded in-process (no pool start-up);
+    # measured by benchmarks/bench_throughput.py (see RESULTS.md)
+    parallel_threshold: int = 48
     prefetch_batches: int = 2
 
     def validate(self) -> None:
         _check(32 <= self.working_size <= 1024, "decode.working_size must be in 32..1024")
-        _check(self.max_workers >= 1, "decode.max_workers must be >= 1")
+        _check(self.hash_size in (32, 64, 128, 256), "decode.hash_size must be 32, 64, 128 or 256")
         _check(self.parallel_threshold >= 0, "decode.parallel_threshold must be >= 0")
         _check(self.prefetch_batches >= 1, "decode.prefetch_batches must be >= 1")
 
@@ -46,22 +72,13 @@ class DecodeConfig:
 class FeatureConfig:
     """What is computed on the device."""
 
-    batch_size: int = 100
     embed: bool = True
     model: str = "efficientnet_lite0"
+    precision: str = "auto"        # auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with it, fp16 on CUDA)
 
     def validate(self) -> None:
-        _check(1 <= self.batch_size <= 4096, "features.batch_size must be in 1..4096")
-
-
-@dataclass(frozen=True)
-class StoreConfig:
-    """How results reach DuckDB."""
-
-    transaction_size: int = 1000
-
-    def validate(self) -> None:
-        _check(self.transaction_size >= 1, "store.transaction_size must be >= 1")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
+               "features.precision must be auto, fp32, bf16 or fp16")
 
 
 @dataclass(frozen=True)
@@ -82,9 +99,9 @@ class QueryConfig:
 @dataclass(frozen=True)
 class Config:
     device: str = "auto"
+    performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
 
     def validate(self) -> "Config":
@@ -97,7 +114,7 @@ class Config:
         return self
 
     def with_overrides(self, **dotted: Any) -> "Config":
-        """Apply ``section.key=value`` overrides, ignoring ``None`` (flag not given)."""
+        """Apply ``section__key=value`` overrides, ignoring ``None`` (flag not given)."""
         cfg = self
         for key, value in dotted.items():
             if value is None:
@@ -145,8 +162,29 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
     return cls(**kwargs)
 
 
-def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load and validate a YAML config; ``None`` gives ``configs/default.yaml`` or built-ins."""
+PROFILES = ("default", "fast", "memory", "large")
+
+
+def profile_path(name: str) -> Path:
+    """The YAML file of a named profile (``configs/NAME.yaml``)."""
+    path = CONFIG_DIR / f"{name}.yaml"
+    if not path.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) or list(PROFILES)
+        raise ConfigError(f"unknown profile {name!r} (choose from {', '.join(known)})")
+    return path
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, profile: str | None = None
+                ) -> Config:
+    """Load and validate a YAML config (missing keys take the built-in defaults).
+
+    ``profile`` names a file in ``configs/``; ``None`` for both gives
+    ``configs/default.yaml`` (or the identical built-ins in an installed package).
+    """
+    if path is not None and profile is not None:
+        raise ConfigError("give --config or --profile, not both")
+    if profile is not None:
+        path = profile_path(profile)
     if path is None:
         path = CONFIG_DIR / "default.yaml"
         if not Path(path).exists():

@@ -7,6 +7,8 @@ never raises; it comes back as a record with ``status="failed"`` and a reason.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
 import warnings
 from dataclasses import dataclass
@@ -33,7 +35,7 @@ _ORIENT_SWAPS = {5, 6, 7, 8}
 
 @dataclass(slots=True)
 class Decoded:
-    """The outcome for one file; ``pixels`` is (S, S, 3) uint8 when ``status == 'ok'``."""
+    """The outcome for one file; ``pixels`` is (S, S, 3) uint8 (or (S, S) luma) when OK."""
 
     path: str
     size: int
@@ -44,12 +46,20 @@ class Decoded:
     height: int | None = None
     format: str | None = None
     pixels: np.ndarray | None = None
+    content_hash: str | None = None            # blake2b-128 of the file's bytes
+    hashes: dict[str, int] | None = None       # filled when hashed in the worker
 
 
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     reason = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
     return reason[:300]
+
+
+def _to_mode(im: Image.Image, target: str) -> Image.Image:
+    """Any mode to 8-bit ``target`` (RGB or L); high bit depth scaled, alpha over white."""
+    rgb = _to_rgb(im) if im.mode not in ("L", target) else im
+    return rgb if rgb.mode == target else rgb.convert(target)
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -69,13 +79,20 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_file(entry: FileEntry, working_size: int) -> Decoded:
-    """Open, draft, orient, convert and resize one file; never raises for bad input."""
+def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB") -> Decoded:
+    """Open, draft, orient, convert and resize one file; never raises for bad input.
+
+    ``mode="L"`` (hash-only runs) lets the JPEG decoder skip colour entirely:
+    pixels are then (S, S) luma, which is all the hashes use.
+    """
     out = Decoded(entry.path, entry.size, entry.mtime_ns, STATUS_FAILED)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(entry.path, formats=ALLOWED_FORMATS) as im:
+            with open(entry.path, "rb") as fh:
+                data = fh.read()
+            out.content_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
+            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
                 out.format = im.format
                 width, height = im.size
                 orientation = im.getexif().get(0x0112, 1)
@@ -84,10 +101,10 @@ def decode_file(entry: FileEntry, working_size: int) -> Decoded:
                 out.width, out.height = width, height
                 if im.format in ("JPEG", "MPO"):
                     # DCT-domain downscale: decode at >= working size, at a fraction of the cost
-                    im.draft("RGB", (working_size, working_size))
+                    im.draft(mode, (working_size, working_size))
                 im.seek(0)
                 im = ImageOps.exif_transpose(im) or im
-                im = _to_rgb(im)
+                im = _to_mode(im, mode)
                 if im.size != (working_size, working_size):
                     im = im.resize((working_size, working_size), Image.Resampling.LANCZOS,
                                    reducing_gap=3.0)
@@ -99,9 +116,10 @@ def decode_file(entry: FileEntry, working_size: int) -> Decoded:
     return out
 
 
-def decode_many(entries: Sequence[FileEntry], working_size: int) -> list[Decoded]:
+def decode_many(entries: Sequence[FileEntry], working_size: int, mode: str = "RGB"
+                ) -> list[Decoded]:
     """Worker entry point: a small chunk per task keeps IPC overhead low."""
-    return [decode_file(e, working_size) for e in entries]
+    return [decode_file(e, working_size, mode) for e in entries]
 
 
 def decode_path(path: str, working_size: int) -> Decoded:

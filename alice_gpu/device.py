@@ -39,9 +39,9 @@ def select_device(name: str = "auto") -> torch.device:
 def stack_batch(images: Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
     """Stack (S, S, 3) uint8 images into one NHWC host tensor, pinned when bound for CUDA."""
     n = len(images)
-    h, w, c = images[0].shape
-    host = torch.empty((n, h, w, c), dtype=torch.uint8, pin_memory=device.type == "cuda")
-    np.stack(images, out=host.numpy())
+    shape = images[0].shape if images[0].ndim == 3 else (*images[0].shape, 1)  # luma: C = 1
+    host = torch.empty((n, *shape), dtype=torch.uint8, pin_memory=device.type == "cuda")
+    np.stack(images, out=host.numpy().reshape(n, *images[0].shape))
     return host
 
 
@@ -52,6 +52,24 @@ def to_device(host_nhwc: torch.Tensor, device: torch.device) -> torch.Tensor:
     """
     dev = host_nhwc.to(device, non_blocking=True)
     return dev.permute(0, 3, 1, 2).contiguous()
+
+
+def hashes_in_workers(device: torch.device | None, parallel_hash_computation: bool) -> bool:
+    """On the CPU the decode workers hash in parallel (no extra copy); a GPU hashes batches."""
+    return parallel_hash_computation and (device is None or device.type == "cpu")
+
+
+def resolve_precision(device: torch.device, requested: str = "auto") -> str:
+    """``auto``: fp16 on CUDA, bf16 on CPUs with native bf16 (oneDNN), else fp32."""
+    if requested != "auto":
+        return requested
+    if device.type == "cuda":
+        return "fp16"
+    try:
+        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        native_bf16 = False
+    return "bf16" if native_bf16 else "fp32"
 
 
 def model_batch_size(device: torch.device) -> int:

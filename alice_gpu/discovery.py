@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import stat as statmod
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
 
@@ -75,43 +76,62 @@ def normalize_path(path: str | os.PathLike[str]) -> str:
     return os.path.normpath(os.path.abspath(os.fspath(path)))
 
 
-def walk(roots: Iterable[str | os.PathLike[str]]) -> Iterator[FileEntry]:
-    """Yield every regular media file under ``roots`` (iterative; links not followed)."""
-    for root in roots:
-        root = normalize_path(root)
+def _scan(folder: str) -> tuple[list[FileEntry], list[str]]:
+    """Media files and sub-folders of one folder (links, FIFOs, sockets, devices skipped)."""
+    files: list[FileEntry] = []
+    subdirs: list[str] = []
+    try:
+        with os.scandir(folder) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except OSError as exc:
+        log.warning("cannot list %s: %s", folder, exc.strerror)
+        return files, subdirs
+    for entry in entries:
         try:
-            st = os.stat(root)
-        except OSError as exc:
-            log.warning("cannot read %s: %s", root, exc.strerror)
-            continue
-        if statmod.S_ISREG(st.st_mode):
-            if is_media(root):
-                yield FileEntry(root, st.st_size, st.st_mtime_ns)
-            continue
-        stack = [root]
-        while stack:
-            folder = stack.pop()
-            try:
-                with os.scandir(folder) as it:
-                    entries = sorted(it, key=lambda e: e.name)
-            except OSError as exc:
-                log.warning("cannot list %s: %s", folder, exc.strerror)
+            if entry.is_dir(follow_symlinks=False):
+                subdirs.append(entry.path)
                 continue
-            subdirs = []
-            for entry in entries:
-                try:
-                    if entry.is_dir(follow_symlinks=False):
-                        subdirs.append(entry.path)
-                        continue
-                    if not entry.is_file(follow_symlinks=False):
-                        continue  # symlinks, FIFOs, sockets, devices: never opened
-                    if not is_media(entry.path):
-                        continue
-                    est = entry.stat(follow_symlinks=False)
-                except OSError:
-                    continue  # vanished while listing
-                yield FileEntry(entry.path, est.st_size, est.st_mtime_ns)
-            stack.extend(reversed(subdirs))
+            if not entry.is_file(follow_symlinks=False):
+                continue  # symlinks, FIFOs, sockets, devices: never opened
+            if not is_media(entry.path):
+                continue
+            st = entry.stat(follow_symlinks=False)
+        except OSError:
+            continue  # vanished while listing
+        files.append(FileEntry(entry.path, st.st_size, st.st_mtime_ns))
+    return files, subdirs
+
+
+def walk(roots: Iterable[str | os.PathLike[str]], threads: int = 1) -> Iterator[FileEntry]:
+    """Yield every regular media file under ``roots``, folder by folder (iterative).
+
+    With ``threads`` > 1 the folders of each level are listed and stat'ed on a
+    thread pool (``parallel_metadata_extraction``): the system calls release the GIL.
+    """
+    pool = ThreadPoolExecutor(threads) if threads > 1 else None
+    try:
+        for root in roots:
+            root = normalize_path(root)
+            try:
+                st = os.stat(root)
+            except OSError as exc:
+                log.warning("cannot read %s: %s", root, exc.strerror)
+                continue
+            if statmod.S_ISREG(st.st_mode):
+                if is_media(root):
+                    yield FileEntry(root, st.st_size, st.st_mtime_ns)
+                continue
+            level = [root]
+            while level:
+                results = pool.map(_scan, level) if pool and len(level) > 1 else map(_scan, level)
+                nxt: list[str] = []
+                for files, subdirs in results:
+                    yield from files
+                    nxt.extend(subdirs)
+                level = nxt
+    finally:
+        if pool is not None:
+            pool.shutdown()
 
 
 def _under(path: str, roots: list[str]) -> bool:
@@ -119,7 +139,7 @@ def _under(path: str, roots: list[str]) -> bool:
 
 
 def discover(roots: Iterable[str | os.PathLike[str]],
-             known: Mapping[str, tuple[int, int]]) -> Discovery:
+             known: Mapping[str, tuple[int, int]], threads: int = 1) -> Discovery:
     """Split the files under ``roots`` into todo / unchanged, and list vanished ones.
 
     ``known`` maps stored paths to (size, mtime_ns) of files whose features are
@@ -130,7 +150,7 @@ def discover(roots: Iterable[str | os.PathLike[str]],
     todo: list[FileEntry] = []
     unchanged: list[FileEntry] = []
     seen: set[str] = set()
-    for entry in walk(roots):
+    for entry in walk(roots, threads):
         if entry.path in seen:
             continue
         seen.add(entry.path)

@@ -16,67 +16,41 @@ is the order of ``str(imagehash.ImageHash)``; values are stored as uint64.
 
 from __future__ import annotations
 
-import math
 from abc import ABC, abstractmethod
-from functools import lru_cache
 from typing import ClassVar
 
 import numpy as np
 import torch
 
+from .hashing_cpu import dct_matrix, lanczos_matrix
+
 HASH_BITS = 64
 _SHIFTS = torch.arange(HASH_BITS - 1, -1, -1, dtype=torch.int64)
 
 
-def _lanczos(x: float) -> float:
-    if x == 0.0:
-        return 1.0
-    if -3.0 < x < 3.0:
-        px = math.pi * x
-        return (math.sin(px) / px) * (math.sin(px / 3.0) / (px / 3.0))
-    return 0.0
-
-
-@lru_cache(maxsize=64)
-def _lanczos_matrix_np(in_size: int, out_size: int) -> np.ndarray:
-    """Pillow's ``precompute_coeffs`` for LANCZOS as an (out, in) matrix."""
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = 3.0 * filterscale
-    mat = np.zeros((out_size, in_size), dtype=np.float64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size)
-        weights = [_lanczos((x - center + 0.5) / filterscale) for x in range(xmin, xmax)]
-        total = sum(weights)
-        if total:
-            mat[xx, xmin:xmax] = np.asarray(weights) / total
-    return mat
-
-
-def lanczos_matrix(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
-    return torch.as_tensor(_lanczos_matrix_np(in_size, out_size), dtype=torch.float32,
-                           device=device)
+def _matrix(mat: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.tensor(mat, dtype=torch.float64, device=device)
 
 
 def resize_gray(gray: torch.Tensor, out_w: int, out_h: int) -> torch.Tensor:
-    """Pillow-exact LANCZOS resize of (N, H, W) uint8-valued float images."""
+    """Pillow-exact LANCZOS resize of (N, H, W) uint8-valued float64 images."""
     _, h, w = gray.shape
     dev = gray.device
     x = gray
     if out_w != w:
-        x = torch.matmul(x, lanczos_matrix(w, out_w, dev).T).round_().clamp_(0, 255)
+        x = torch.matmul(x, _matrix(lanczos_matrix(w, out_w), dev).T).round_().clamp_(0, 255)
     if out_h != h:
-        x = torch.matmul(lanczos_matrix(h, out_h, dev), x).round_().clamp_(0, 255)
+        x = torch.matmul(_matrix(lanczos_matrix(h, out_h), dev), x).round_().clamp_(0, 255)
     return x
 
 
 def to_gray(batch: torch.Tensor) -> torch.Tensor:
-    """uint8 NCHW RGB → float (N, H, W) with Pillow's integer luma (rounded)."""
+    """uint8 NCHW RGB → float64 (N, H, W) with Pillow's integer luma (rounded)."""
+    if batch.shape[1] == 1:
+        return batch[:, 0].to(torch.float64)
     rgb = batch.to(torch.int32)
     luma = (rgb[:, 0] * 19595 + rgb[:, 1] * 38470 + rgb[:, 2] * 7471 + 0x8000) >> 16
-    return luma.to(torch.float32)
+    return luma.to(torch.float64)  # float64 so the bits equal the numpy path's
 
 
 def pack_bits(bits: torch.Tensor) -> torch.Tensor:
@@ -122,19 +96,12 @@ class DifferenceHash(HashAlgorithm):
         return (px[:, :, 1:] > px[:, :, :-1]).flatten(1)
 
 
-@lru_cache(maxsize=8)
-def _dct_matrix_np(n: int, keep: int) -> np.ndarray:
-    k = np.arange(keep)[:, None]
-    i = np.arange(n)[None, :]
-    return 2.0 * np.cos(np.pi * k * (2 * i + 1) / (2 * n))  # scipy.fftpack DCT-II, unnormalised
-
-
 class PerceptualHash(HashAlgorithm):
     name = "phash"
 
     def bits(self, gray: torch.Tensor) -> torch.Tensor:
-        px = resize_gray(gray, 32, 32).to(torch.float64)
-        dct = torch.as_tensor(_dct_matrix_np(32, 8), device=gray.device)
+        px = resize_gray(gray, 32, 32)
+        dct = _matrix(dct_matrix(32, 8), gray.device)
         low = (dct @ px @ dct.T).flatten(1)
         return low > _median(low)
 
@@ -145,7 +112,7 @@ class WaveletHash(HashAlgorithm):
     def bits(self, gray: torch.Tensor) -> torch.Tensor:
         _, h, w = gray.shape
         # Haar LL after (log2(size) - 3) levels is the mean of each block of an 8x8 grid
-        ll = torch.nn.functional.avg_pool2d(gray.unsqueeze(1), (h // 8, w // 8)).flatten(1)
+        ll = gray.reshape(-1, 8, h // 8, 8, w // 8).mean(dim=(2, 4)).flatten(1)
         return ll > _median(ll)
 
 

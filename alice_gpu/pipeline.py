@@ -1,13 +1,16 @@
 """Stage 7, pipeline: wires discover → decode → batch → device → features → store → vectors.
 
 Decode runs on CPU worker processes (in-process for small jobs) and stays at
-most ``prefetch_batches`` batches ahead of the device; the store is written by
-a writer thread behind a bounded queue, so DuckDB writes overlap compute.
-Every file ends as exactly one record: features, or a failure with a reason.
+most ``prefetch_batches`` batches, and never more than ``max_memory_cache_mb``
+of pixels, ahead of the device; the store is written by a writer thread behind
+a bounded queue, so DuckDB writes overlap compute. Every file ends as exactly
+one record: features, or a failure with a reason. A byte-identical copy of a
+file already indexed is not decoded at all: its features are copied (a cache hit).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -15,16 +18,18 @@ import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .config import Config
-from .decoding import STATUS_FAILED, STATUS_OK, Decoded, decode_file, decode_many
+from .decoding import STATUS_FAILED, STATUS_OK, Decoded
 from .discovery import FileEntry, discover
-from .store import AssetRecord, Store, WriteResult
+from .hashing_cpu import decode_and_hash
+from .metrics import PeakMemory, RunMetrics, StageTimer
+from .store import AssetRecord, Store
 from .vectors import VectorIndex
 
 if TYPE_CHECKING:
@@ -51,10 +56,13 @@ class IndexSummary:
     seconds: float = 0.0
     files_per_second: float = 0.0
     embedded: int = 0
+    reused: int = 0
     device: str = "cpu"
     workers: int = 1
+    batch_size: int = 0
     run_id: int | None = None
     failed_files: list[FailedFile] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -78,6 +86,22 @@ def effective_workers(requested: int) -> int:
     return max(1, min(requested, os.cpu_count() or 1))
 
 
+@dataclass(frozen=True)
+class DecodePlan:
+    """What the decode workers produce for this run."""
+
+    working_size: int
+    mode: str            # "RGB" (embeddings need colour) or "L" (hash-only)
+    hash_in_worker: bool
+    keep_pixels: bool
+
+    @property
+    def bytes_per_item(self) -> int:
+        if not self.keep_pixels:
+            return 4096  # records, hashes and strings only
+        return self.working_size ** 2 * (3 if self.mode == "RGB" else 1)
+
+
 # ------------------------------------------------------------------ decode stage
 
 def _chunks(items: Sequence[FileEntry], size: int) -> Iterator[Sequence[FileEntry]]:
@@ -85,72 +109,164 @@ def _chunks(items: Sequence[FileEntry], size: int) -> Iterator[Sequence[FileEntr
         yield items[i:i + size]
 
 
-def decode_stream(entries: Sequence[FileEntry], working_size: int, workers: int,
+def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, workers: int,
                   max_in_flight: int, parallel_threshold: int) -> Iterator[Decoded]:
     """Decoded files in input order, with at most ``max_in_flight`` files decoded ahead."""
+    args = (plan.working_size, plan.keep_pixels, plan.mode, plan.hash_in_worker)
     if workers <= 1 or len(entries) < parallel_threshold:
         for e in entries:
-            yield decode_file(e, working_size)
+            yield from decode_and_hash([e], *args)
         return
     chunk = max(1, min(16, max_in_flight // (2 * workers)))
-    ctx = multiprocessing.get_context("spawn")  # no torch/threads state inherited by workers
+    ctx = multiprocessing.get_context("spawn")  # no torch/thread state inherited by workers
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
         pending: deque[Future[list[Decoded]]] = deque()
         it = _chunks(entries, chunk)
-        max_chunks = max(1, max_in_flight // chunk)
+        max_chunks = max(workers, max_in_flight // chunk)
         for part in it:
-            pending.append(pool.submit(decode_many, part, working_size))
+            pending.append(pool.submit(decode_and_hash, part, *args))
             if len(pending) >= max_chunks:
                 break
         while pending:
             results = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(decode_many, nxt, working_size))
+                pending.append(pool.submit(decode_and_hash, nxt, *args))
             yield from results
+
+
+# ------------------------------------------------------------------ content reuse
+
+def _file_digest(path: str) -> str | None:
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+    except OSError:
+        return None
+
+
+def find_reusable(store: Store, todo: list[FileEntry], embed: bool, threads: int
+                  ) -> tuple[list[FileEntry], dict[str, tuple[str, dict | None]]]:
+    """Split ``todo`` into files to decode and byte-identical copies whose features exist.
+
+    Only files whose size equals a stored file's (or another new file's) size are
+    read here, so unique files cost nothing extra. Returns (to_decode, reuse) where
+    reuse maps path → (content hash, stored features or None for "copy of a file
+    decoded earlier in this run").
+    """
+    sizes = store.content_sizes(require_embedding=embed)
+    counts: dict[int, int] = {}
+    for e in todo:
+        counts[e.size] = counts.get(e.size, 0) + 1
+    candidates = [e for e in todo if e.size in sizes or counts[e.size] > 1]
+    if not candidates:
+        return todo, {}
+    if threads > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            digests = list(pool.map(lambda e: _file_digest(e.path), candidates))
+    else:
+        digests = [_file_digest(e.path) for e in candidates]
+    digest_of = {e.path: d for e, d in zip(candidates, digests) if d is not None}
+    stored = store.features_by_content(digest_of.values(), require_embedding=embed)
+    reuse: dict[str, tuple[str, dict | None]] = {}
+    first_in_run: set[str] = set()
+    to_decode = []
+    for e in todo:
+        digest = digest_of.get(e.path)
+        if digest is not None and digest in stored:
+            reuse[e.path] = (digest, stored[digest])
+        elif digest is not None and digest in first_in_run:
+            reuse[e.path] = (digest, None)
+        else:
+            if digest is not None:
+                first_in_run.add(digest)
+            to_decode.append(e)
+    return to_decode, reuse
+
+
+def _copied_record(entry: FileEntry, digest: str, feats: dict) -> AssetRecord:
+    return AssetRecord(path=entry.path, size=entry.size, mtime_ns=entry.mtime_ns,
+                       status=STATUS_OK, width=feats["width"], height=feats["height"],
+                       format=feats["format"], hashes=feats["hashes"],
+                       embedding=feats["embedding"], content_hash=digest)
 
 
 # ------------------------------------------------------------------ device stage
 
-def _records(items: list[Decoded], extractor) -> list[AssetRecord]:
-    out = []
-    for d, f in zip(items, extractor.extract([d.pixels for d in items])):
-        if f.error is not None:
-            out.append(_failed_record(d, f.error))
-        else:
-            out.append(AssetRecord(path=d.path, size=d.size, mtime_ns=d.mtime_ns,
-                                   status=STATUS_OK, width=d.width, height=d.height,
-                                   format=d.format, hashes=f.hashes, embedding=f.embedding))
-    return out
+def _record(d: Decoded, hashes: dict[str, int] | None, embedding: np.ndarray | None,
+            error: str | None = None) -> AssetRecord:
+    if error is not None or d.status != STATUS_OK:
+        return AssetRecord(path=d.path, size=d.size, mtime_ns=d.mtime_ns, status=STATUS_FAILED,
+                           error=error or d.error, width=d.width, height=d.height,
+                           format=d.format, content_hash=d.content_hash)
+    return AssetRecord(path=d.path, size=d.size, mtime_ns=d.mtime_ns, status=STATUS_OK,
+                       width=d.width, height=d.height, format=d.format, hashes=hashes or {},
+                       embedding=embedding, content_hash=d.content_hash)
 
 
-def _failed_record(d: Decoded, reason: str | None = None) -> AssetRecord:
-    return AssetRecord(path=d.path, size=d.size, mtime_ns=d.mtime_ns, status=STATUS_FAILED,
-                       error=reason or d.error, width=d.width, height=d.height, format=d.format)
+def _featurise(items: list[Decoded], extractor, embed: bool, timer: StageTimer
+               ) -> list[AssetRecord]:
+    """Records for a batch of decoded files: hashes from the workers or the device."""
+    if extractor is None:   # everything was computed in the workers
+        return [_record(d, d.hashes, None) for d in items]
+    feats = extractor.extract([d.pixels for d in items], hashes=items[0].hashes is None,
+                              embed=embed, timer=timer)
+    return [_record(d, d.hashes if d.hashes is not None else f.hashes, f.embedding, f.error)
+            for d, f in zip(items, feats)]
 
 
 # ------------------------------------------------------------------ writer stage
 
 class _Writer(threading.Thread):
-    """Owns the store's connection while a run is on; batches arrive on a bounded queue."""
+    """Owns the store's connection while a run is on; records arrive on a bounded queue.
 
-    def __init__(self, store: Store, run_id: int, depth: int = 2):
+    Records are committed in transactions of ``transaction_size`` rows, each written
+    with bulk inserts of ``batch_insert_size`` rows; after each commit the in-memory
+    vector index is updated, so nothing accumulates with the size of the run.
+    """
+
+    def __init__(self, store: Store, vectors: VectorIndex, run_id: int, cfg: Config,
+                 timer: StageTimer, depth: int = 2):
         super().__init__(name="alice-writer", daemon=True)
-        self.store = store
-        self.run_id = run_id
+        self.store, self.vectors, self.run_id, self.timer = store, vectors, run_id, timer
+        perf = cfg.performance
+        self.transaction_size = perf.transaction_size
+        self.insert_size = perf.batch_insert_size
+        self.bulk = perf.enable_batch_operations
         self.queue: queue.Queue[list[AssetRecord] | None] = queue.Queue(maxsize=depth)
-        self.results: list[WriteResult] = []
+        self.pending: list[AssetRecord] = []
+        self.failed_rows: list[tuple[str, str]] = []
+        self.embedded = 0
+        self.vector_changes = False
         self.error: BaseException | None = None
+
+    def _commit(self) -> None:
+        if not self.pending:
+            return
+        with self.timer("write"):
+            res = self.store.write_batch(self.pending, self.run_id, insert_size=self.insert_size,
+                                         bulk=self.bulk)
+            self.pending = []
+            self.failed_rows += res.failed_rows
+            self.embedded += len(res.embedded_ids)
+            if len(res.touched_ids):
+                self.vectors.apply(res.touched_ids, res.embedded_ids, res.embeddings)
+                self.vector_changes = True
 
     def run(self) -> None:
         while True:
             batch = self.queue.get()
-            if batch is None:
-                return
             if self.error is not None:
+                if batch is None:
+                    return
                 continue
             try:
-                self.results.append(self.store.write_batch(batch, self.run_id))
+                if batch is None:
+                    self._commit()
+                    return
+                self.pending.extend(batch)
+                if len(self.pending) >= self.transaction_size:
+                    self._commit()
             except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread
                 self.error = exc
 
@@ -168,108 +284,192 @@ class _Writer(threading.Thread):
 
 # ------------------------------------------------------------------ the run
 
+def _plan(cfg: Config, device: "torch.device | None") -> DecodePlan:
+    embed = cfg.features.embed
+    parallel = cfg.performance.parallel_hash_computation
+    if not embed:
+        # hash-only: luma straight from the JPEG decoder at the hashes' working size
+        return DecodePlan(cfg.decode.hash_size, "L", hash_in_worker=parallel,
+                          keep_pixels=not parallel)
+    from .device import hashes_in_workers
+
+    return DecodePlan(cfg.decode.working_size, "RGB",
+                      hash_in_worker=hashes_in_workers(device, parallel), keep_pixels=True)
+
+
 def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Config,
               device: "torch.device | None" = None, progress: ProgressFn | None = None,
               retry_failed: bool = False) -> IndexSummary:
     """Index ``roots`` into ``store``: only new or changed files are decoded.
 
-    ``device`` None means "select from ``cfg.device`` if there is work": a run
-    with nothing to do never imports torch.
+    ``device`` None means "select from ``cfg.device`` if the device is needed": a
+    run with nothing to do, or a hash-only run, never imports torch.
     """
     t0 = time.perf_counter()
     roots = list(roots)
+    perf = cfg.performance
     embed = cfg.features.embed
-    workers = effective_workers(cfg.decode.max_workers)
+    workers = effective_workers(perf.max_workers)
+    batch_size = perf.batch_size
     summary = IndexSummary(device=str(device) if device is not None else cfg.device,
-                           workers=workers)
+                           workers=workers, batch_size=batch_size)
+    timer = StageTimer()
+    metrics = RunMetrics()
+    threads = min(8, 2 * workers) if perf.parallel_metadata_extraction else 1
 
-    found = discover(roots, store.known_state(require_embedding=embed, retry_failed=retry_failed))
-    summary.files_seen = found.files_seen
-    summary.unchanged = len(found.unchanged)
-    if progress:
-        progress(ProgressEvent("discover", found.files_seen, found.files_seen))
+    with PeakMemory() as mem:
+        with timer("discover"):
+            found = discover(roots, store.known_state(require_embedding=embed,
+                                                      retry_failed=retry_failed),
+                             threads=threads)
+            todo, reuse = find_reusable(store, found.todo, embed, threads) if found.todo else ([], {})
+        summary.files_seen = found.files_seen
+        summary.unchanged = len(found.unchanged)
+        if progress:
+            progress(ProgressEvent("discover", found.files_seen, found.files_seen))
 
-    if found.todo or found.removed:
-        vectors.load()  # as the store is now: the run's deltas are applied to it at the end
-    run_id = store.start_run(roots, summary.device, embed)
-    summary.run_id = run_id
-    removed_ids = store.remove_paths(found.removed)
-    summary.removed = len(removed_ids)
+        if found.todo or found.removed:
+            vectors.load()  # as the store is now: each commit's changes are applied to it
+        run_id = store.start_run(roots, summary.device, embed)
+        summary.run_id = run_id
+        removed_ids = store.remove_paths(found.removed)
+        summary.removed = len(removed_ids)
+        if len(removed_ids):
+            vectors.apply(removed_ids, np.zeros(0, np.int64), np.zeros((0, store.dim), np.float32))
 
-    path_ids = store.path_ids()
-    next_id = store.max_id() + 1
-    todo = found.todo
-    ids: dict[str, int] = {}
-    for e in todo:
-        if e.path in path_ids:
-            ids[e.path] = path_ids[e.path]
-        else:
-            ids[e.path] = next_id
-            next_id += 1
-
-    extractor = None
-    if todo:
-        from .device import select_device
-        from .features import FeatureExtractor
-
-        if device is None:
-            device = select_device(cfg.device)
-            summary.device = str(device)
-        extractor = FeatureExtractor.create(device, cfg.features.model if embed else None)
-    batch_size = cfg.features.batch_size
-    writer = _Writer(store, run_id)
-    writer.start()
-    done = failed = 0
-    total = len(todo)
-    if progress:
-        progress(ProgressEvent("index", 0, total))
-    try:
-        ok_items: list[Decoded] = []
-        bad: list[AssetRecord] = []
-
-        def flush() -> None:
-            nonlocal done, failed
-            records = bad[:] + (_records(ok_items, extractor) if ok_items else [])
-            for r in records:
-                r.id = ids[r.path]
-            failed += sum(r.status != STATUS_OK for r in records)
-            done += len(records)
-            ok_items.clear()
-            bad.clear()
-            writer.put(records)
-            if progress:
-                progress(ProgressEvent("index", done, total, failed))
-
-        stream = decode_stream(todo, cfg.decode.working_size, workers,
-                               cfg.decode.prefetch_batches * batch_size,
-                               cfg.decode.parallel_threshold)
-        for d in stream:
-            if d.status == STATUS_OK:
-                ok_items.append(d)
+        path_ids = store.path_ids()
+        next_id = store.max_id() + 1
+        ids: dict[str, int] = {}
+        for e in found.todo:
+            if e.path in path_ids:
+                ids[e.path] = path_ids[e.path]
             else:
-                bad.append(_failed_record(d))
-            if len(ok_items) + len(bad) >= batch_size:
-                flush()
-        if ok_items or bad:
-            flush()
-    finally:
-        writer.close()
+                ids[e.path] = next_id
+                next_id += 1
 
-    results = writer.results
-    emb_ids = np.concatenate([r.embedded_ids for r in results]) if results else np.zeros(0, np.int64)
-    emb_vecs = (np.concatenate([r.embeddings for r in results]) if results
-                else np.zeros((0, store.dim), np.float32))
-    touched = np.concatenate([r.touched_ids for r in results]) if results else np.zeros(0, np.int64)
-    if len(removed_ids) or len(touched) or not vectors.path.exists():
-        vectors.update(np.concatenate([removed_ids, touched]), emb_ids, emb_vecs)
+        extractor = None
+        plan = None
+        if todo:
+            if embed or not perf.parallel_hash_computation:
+                from .device import resolve_precision, select_device
+                from .features import FeatureExtractor
 
-    db_failed = [f for r in results for f in r.failed_rows]
-    summary.decoded = done - failed
-    summary.failed = failed + len(db_failed)
-    summary.embedded = int(len(emb_ids))
-    summary.failed_files = [FailedFile(*f) for f in db_failed]
-    summary.failed_files += [FailedFile(p, e) for p, e in store.failed_in_run(run_id)]
-    summary.seconds = round(time.perf_counter() - t0, 3)
-    summary.files_per_second = round(summary.files_seen / summary.seconds, 1) if summary.seconds else 0.0
+                if device is None:
+                    device = select_device(cfg.device)
+                summary.device = str(device)
+                model = cfg.features.model if embed else None
+                extractor = FeatureExtractor.create(
+                    device, model, precision=resolve_precision(device, cfg.features.precision))
+            plan = _plan(cfg, device)
+            if device is None:
+                summary.device = "cpu"   # hash-only: computed in the CPU decode workers
+
+        writer = _Writer(store, vectors, run_id, cfg, timer)
+        writer.start()
+        done = failed = 0
+        device_items = 0
+        total = len(found.todo)
+        if progress:
+            progress(ProgressEvent("index", 0, total))
+        entries = {e.path: e for e in found.todo}
+        try:
+            def emit(records: list[AssetRecord]) -> None:
+                nonlocal done, failed
+                for r in records:
+                    r.id = ids[r.path]
+                failed += sum(r.status != STATUS_OK for r in records)
+                done += len(records)
+                writer.put(records)
+                if progress:
+                    progress(ProgressEvent("index", done, total, failed))
+
+            copies = [_copied_record(entries[p], dg, f) for p, (dg, f) in reuse.items() if f]
+            for i in range(0, len(copies), batch_size):
+                emit(copies[i:i + batch_size])
+
+            if todo:
+                max_in_flight = max(workers, min(
+                    cfg.decode.prefetch_batches * batch_size,
+                    perf.max_memory_cache_mb * 2**20 // plan.bytes_per_item))
+                ok_items: list[Decoded] = []
+                bad: list[AssetRecord] = []
+
+                def flush() -> None:
+                    nonlocal device_items
+                    records = bad[:]
+                    if ok_items:
+                        records += _featurise(ok_items, extractor, embed, timer)
+                        if extractor is not None:
+                            device_items += len(ok_items)
+                            metrics.batches += 1
+                    ok_items.clear()
+                    bad.clear()
+                    emit(records)
+
+                stream = decode_stream(todo, plan, workers, max_in_flight,
+                                       cfg.decode.parallel_threshold)
+                t_wait = time.perf_counter()
+                for d in stream:
+                    timer.add("decode", time.perf_counter() - t_wait)
+                    if d.status == STATUS_OK:
+                        ok_items.append(d)
+                    else:
+                        bad.append(_record(d, None, None))
+                    if len(ok_items) + len(bad) >= batch_size:
+                        flush()
+                    t_wait = time.perf_counter()
+                if ok_items or bad:
+                    flush()
+        finally:
+            writer.close()
+
+        # copies of files first decoded in this run: their features exist now
+        later = [(entries[p], dg) for p, (dg, f) in reuse.items() if f is None]
+        if later:
+            stored = store.features_by_content({dg for _, dg in later}, require_embedding=embed)
+            recs = [_copied_record(e, dg, stored[dg]) for e, dg in later if dg in stored]
+            missing = [e for e, dg in later if dg not in stored]   # original failed: do it alike
+            recs += [AssetRecord(path=e.path, size=e.size, mtime_ns=e.mtime_ns,
+                                 status=STATUS_FAILED, error="identical to a file that failed")
+                     for e in missing]
+            for r in recs:
+                r.id = ids[r.path]
+            with timer("write"):
+                res = store.write_batch(recs, run_id, insert_size=perf.batch_insert_size,
+                                        bulk=perf.enable_batch_operations)
+            writer.embedded += len(res.embedded_ids)
+            writer.failed_rows += res.failed_rows
+            if len(res.touched_ids):
+                vectors.apply(res.touched_ids, res.embedded_ids, res.embeddings)
+                writer.vector_changes = True
+            failed += len(missing)
+            done += len(recs)
+        if writer.vector_changes or len(removed_ids) or (embed and not vectors.path.exists()):
+            with timer("write"):
+                if vectors.index is None:
+                    vectors.load()      # rebuilds from the store and saves
+                else:
+                    vectors.save()
+
+        hits = len(reuse) - (len(missing) if later else 0)
+        summary.reused = hits
+        summary.decoded = done - failed - hits
+        summary.failed = failed + len(writer.failed_rows)
+        summary.embedded = writer.embedded
+        summary.failed_files = [FailedFile(*f) for f in writer.failed_rows]
+        summary.failed_files += [FailedFile(p, e) for p, e in store.failed_in_run(run_id)]
+        summary.seconds = round(time.perf_counter() - t0, 3)
+        summary.files_per_second = (round(summary.files_seen / summary.seconds, 1)
+                                    if summary.seconds else 0.0)
+    metrics.files_processed = total
+    metrics.processing_time = summary.seconds
+    metrics.average_file_time = summary.seconds / total if total else 0.0
+    metrics.memory_usage_mb = mem.peak_mb
+    metrics.cache_hits = hits
+    metrics.cache_hit_rate = hits / total if total else 0.0
+    metrics.batch_efficiency = (device_items / (metrics.batches * batch_size)
+                                if metrics.batches else 0.0)
+    metrics.stage_seconds = timer.seconds
+    summary.metrics = metrics.to_dict()
     store.finish_run(run_id, asdict(summary), "ok" if summary.failed == 0 else "partial")
     return summary

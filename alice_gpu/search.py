@@ -96,8 +96,12 @@ def query_features(store: Store, path: str, by: str, cfg: Config, device: torch.
     dec = decode_path(key, cfg.decode.working_size)
     if dec.status != STATUS_OK:
         raise QueryError(f"cannot decode query image {path}: {dec.error}")
-    extractor = FeatureExtractor.create(device, store.model if by == "embedding" else None)
-    feats = extractor.extract([dec.pixels])[0]
+    from .device import resolve_precision
+
+    model = store.model if by == "embedding" else None
+    extractor = FeatureExtractor.create(device, model,
+                                        precision=resolve_precision(device, cfg.features.precision))
+    feats = extractor.extract([dec.pixels], embed=model is not None)[0]
     if feats.error is not None:
         raise QueryError(f"cannot featurise query image {path}: {feats.error}")
     if by == "embedding":

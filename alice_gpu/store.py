@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from .config import HASH_NAMES as HASHES
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_FILE = "alice.duckdb"
 MANIFEST_FILE = "manifest.json"
 
@@ -46,6 +47,7 @@ class AssetRecord:
     hashes: dict[str, int] = field(default_factory=dict)
     embedding: np.ndarray | None = None
     id: int | None = None
+    content_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class WriteResult:
 
 
 _ASSET_COLUMNS = ("id", "path", "size", "mtime_ns", "width", "height", "format", "status",
-                  "error", *HASHES, "indexed_at", "run_id")
+                  "error", *HASHES, "indexed_at", "run_id", "content_hash")
 
 
 def _schema_sql(dim: int) -> str:
@@ -77,7 +79,8 @@ CREATE TABLE IF NOT EXISTS assets (
   error VARCHAR,
   {hash_cols},
   indexed_at TIMESTAMP,
-  run_id BIGINT
+  run_id BIGINT,
+  content_hash VARCHAR
 );
 CREATE TABLE IF NOT EXISTS embeddings (
   asset_id BIGINT PRIMARY KEY,
@@ -97,9 +100,16 @@ CREATE TABLE IF NOT EXISTS runs (
   failed BIGINT,
   removed BIGINT,
   seconds DOUBLE,
-  status VARCHAR
+  status VARCHAR,
+  metrics VARCHAR
 );
 """
+
+# schema version → the statements that bring a store from it to the next version
+_MIGRATIONS = {
+    1: ["ALTER TABLE assets ADD COLUMN content_hash VARCHAR",
+        "ALTER TABLE runs ADD COLUMN metrics VARCHAR"],
+}
 
 
 class Store:
@@ -130,6 +140,7 @@ class Store:
             raise StoreError(f"{db_path} is not a usable alice-gpu index: "
                              f"{str(exc).splitlines()[0]}") from None
         if not read_only:
+            self._migrate()
             self._init_schema()
         self._check_schema()
 
@@ -150,6 +161,42 @@ class Store:
             raise StoreError(f"the index at {self.folder} holds {manifest.get('model')} embeddings "
                              f"({manifest.get('dim')}-d), not {self.model}; use another --db")
 
+    def _stored_version(self) -> int | None:
+        try:
+            row = _first(self.con.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'").fetchall())
+        except duckdb.Error:
+            return None
+        return int(row[0]) if row else None
+
+    def _migrate(self) -> None:
+        """Bring an older schema up to date in one transaction, after a backup copy."""
+        version = self._stored_version()
+        if version is None or version >= SCHEMA_VERSION:
+            return
+        if version not in _MIGRATIONS:
+            raise StoreError(f"index schema {version} is too old to migrate; re-index into a new --db")
+        db_path = self.folder / DB_FILE
+        backup = db_path.with_name(f"{DB_FILE}.v{version}.bak")
+        self.con.execute("CHECKPOINT")
+        self.con.close()
+        shutil.copy2(db_path, backup)
+        self.con = duckdb.connect(str(db_path))
+        log.warning("migrating the index at %s from schema %d to %d (backup: %s)",
+                    self.folder, version, SCHEMA_VERSION, backup.name)
+        self.con.execute("BEGIN TRANSACTION")
+        try:
+            for v in range(version, SCHEMA_VERSION):
+                for stmt in _MIGRATIONS[v]:
+                    self.con.execute(stmt)
+            self.con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                             [str(SCHEMA_VERSION)])
+            self.con.execute("COMMIT")
+        except duckdb.Error as exc:
+            self._rollback()
+            raise StoreError(f"migration failed and was rolled back ({exc}); "
+                             f"the backup is {backup}") from None
+
     def _init_schema(self) -> None:
         self.con.execute(_schema_sql(self.dim))
         self.con.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
@@ -168,6 +215,9 @@ class Store:
             raise StoreError(f"{self.folder / DB_FILE} is a DuckDB file but not an alice-gpu "
                              f"index; not touching it") from None
         version = int(row[0]) if row else None
+        if version is not None and version < SCHEMA_VERSION and self.read_only:
+            raise StoreError(f"index schema {version} is older than this alice-gpu's "
+                             f"({SCHEMA_VERSION}); run `alice-gpu index` once to migrate it")
         if version != SCHEMA_VERSION:
             raise StoreError(f"index schema {version} is not supported by this alice-gpu "
                              f"(expects {SCHEMA_VERSION})")
@@ -204,6 +254,39 @@ class Store:
         """Every stored path with its id (ids are kept when a file changes)."""
         cols = self.con.execute("SELECT path, id FROM assets").fetchnumpy()
         return dict(zip(cols["path"].tolist(), cols["id"].tolist()))
+
+    def content_sizes(self, require_embedding: bool) -> set[int]:
+        """Sizes of complete assets with a content hash (cheap pre-filter for reuse)."""
+        sql = "SELECT DISTINCT a.size FROM assets a"
+        if require_embedding:
+            sql += " JOIN embeddings e ON e.asset_id = a.id"
+        sql += " WHERE a.status = 'ok' AND a.content_hash IS NOT NULL"
+        return set(self.con.execute(sql).fetchnumpy()["size"].tolist())
+
+    def features_by_content(self, content_hashes: Iterable[str], require_embedding: bool
+                            ) -> dict[str, dict[str, Any]]:
+        """Complete features of assets with these content hashes (one asset per hash)."""
+        keys = sorted(set(content_hashes))
+        if not keys:
+            return {}
+        self.con.register("_ch", pa.table({"content_hash": pa.array(keys, pa.string())}))
+        try:
+            join = "JOIN" if require_embedding else "LEFT JOIN"
+            rows = self.con.execute(
+                f"SELECT a.content_hash, a.width, a.height, a.format, "
+                f"{', '.join('a.' + h for h in HASHES)}, e.vector "
+                f"FROM assets a JOIN _ch USING (content_hash) "
+                f"{join} embeddings e ON e.asset_id = a.id "
+                f"WHERE a.status = 'ok' ORDER BY a.id").fetchall()
+        finally:
+            self.con.unregister("_ch")
+        out: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            ch, w, h, fmt, *hashes, vec = row
+            out.setdefault(ch, {"width": w, "height": h, "format": fmt,
+                                "hashes": dict(zip(HASHES, (int(x) for x in hashes))),
+                                "embedding": None if vec is None else np.asarray(vec, np.float32)})
+        return out
 
     def max_id(self) -> int:
         return int(self.con.execute("SELECT coalesce(max(id), 0) FROM assets").fetchall()[0][0])
@@ -282,10 +365,15 @@ class Store:
         }
 
     # ------------------------------------------------------------ writes
-    def write_batch(self, records: Sequence[AssetRecord], run_id: int | None = None) -> WriteResult:
-        """Upsert a batch in one transaction; on failure retry row by row, isolating bad rows."""
+    def write_batch(self, records: Sequence[AssetRecord], run_id: int | None = None, *,
+                    insert_size: int = 1000, bulk: bool = True) -> WriteResult:
+        """Upsert records in one transaction; on failure retry row by row, isolating bad rows.
+
+        ``bulk`` inserts Arrow slices of ``insert_size`` rows per statement; without it
+        every row is its own INSERT (the seed's non-batched mode, kept for comparison).
+        """
         try:
-            return self._write(records, run_id)
+            return self._write(records, run_id, insert_size, bulk)
         except duckdb.Error as exc:
             self._rollback()
             if len(records) == 1:
@@ -295,7 +383,7 @@ class Store:
                                    np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32),
                                    np.zeros(0, np.int64))
             log.warning("batch write failed (%s); retrying %d rows one by one", exc, len(records))
-        parts = [self.write_batch([r], run_id) for r in records]
+        parts = [self.write_batch([r], run_id, insert_size=1, bulk=bulk) for r in records]
         return WriteResult(
             written=sum(p.written for p in parts),
             failed_rows=[f for p in parts for f in p.failed_rows],
@@ -310,7 +398,24 @@ class Store:
         except duckdb.Error:
             pass
 
-    def _write(self, records: Sequence[AssetRecord], run_id: int | None) -> WriteResult:
+    def _insert(self, table: str, columns: Sequence[str], data: pa.Table, insert_size: int,
+                bulk: bool) -> None:
+        cols = ", ".join(columns)
+        if not bulk:
+            marks = ", ".join("?" * len(columns))
+            for row in data.to_pylist():
+                self.con.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})",
+                                 [row[c] for c in columns])
+            return
+        for start in range(0, data.num_rows, insert_size):
+            self.con.register("_chunk", data.slice(start, insert_size))
+            try:
+                self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _chunk")
+            finally:
+                self.con.unregister("_chunk")
+
+    def _write(self, records: Sequence[AssetRecord], run_id: int | None, insert_size: int,
+               bulk: bool) -> WriteResult:
         ids = np.array([r.id for r in records], dtype=np.int64)
         now = time.time()
         assets = pa.table({
@@ -326,6 +431,7 @@ class Store:
             **{h: pa.array([r.hashes.get(h) for r in records], pa.uint64()) for h in HASHES},
             "indexed_at": pa.array([int(now * 1e6)] * len(records), pa.timestamp("us")),
             "run_id": pa.array([run_id] * len(records), pa.int64()),
+            "content_hash": pa.array([r.content_hash for r in records], pa.string()),
         })
         emb_rows = [r for r in records if r.embedding is not None and r.status == STATUS_OK]
         emb_ids = np.array([r.id for r in emb_rows], dtype=np.int64)
@@ -342,24 +448,20 @@ class Store:
         con = self.con
         con.execute("BEGIN TRANSACTION")
         con.register("_ids", id_tbl)
-        con.register("_assets", assets)
-        con.register("_embs", embs)
         try:
             had_vec = con.execute("SELECT count(*) FROM embeddings WHERE asset_id IN "
                                   "(SELECT id FROM _ids)").fetchall()[0][0]
             con.execute("DELETE FROM embeddings WHERE asset_id IN (SELECT id FROM _ids)")
             con.execute("DELETE FROM assets WHERE id IN (SELECT id FROM _ids)")
-            con.execute(f"INSERT INTO assets ({', '.join(_ASSET_COLUMNS)}) "
-                        f"SELECT {', '.join(_ASSET_COLUMNS)} FROM _assets")
+            self._insert("assets", _ASSET_COLUMNS, assets, insert_size, bulk)
             if len(emb_rows):
-                con.execute("INSERT INTO embeddings SELECT asset_id, model, vector FROM _embs")
+                self._insert("embeddings", ("asset_id", "model", "vector"), embs, insert_size, bulk)
             if len(emb_rows) or had_vec:
                 con.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
                             "WHERE key = 'vectors_version'")
             con.execute("COMMIT")
         finally:
-            for name in ("_ids", "_assets", "_embs"):
-                con.unregister(name)
+            con.unregister("_ids")
         return WriteResult(len(records), [], emb_ids, emb_mat, ids)
 
     def remove_paths(self, paths: Sequence[str]) -> np.ndarray:
@@ -395,9 +497,15 @@ class Store:
     def finish_run(self, run_id: int, summary: dict[str, Any], status: str) -> None:
         self.con.execute(
             "UPDATE runs SET finished_at = now(), files_seen = ?, decoded = ?, unchanged = ?, "
-            "failed = ?, removed = ?, seconds = ?, status = ? WHERE id = ?",
+            "failed = ?, removed = ?, seconds = ?, status = ?, device = ?, metrics = ? "
+            "WHERE id = ?",
             [summary["files_seen"], summary["decoded"], summary["unchanged"], summary["failed"],
-             summary["removed"], summary["seconds"], status, run_id])
+             summary["removed"], summary["seconds"], status, summary["device"],
+             json.dumps(summary.get("metrics")), run_id])
+
+    def run_metrics(self, run_id: int) -> dict[str, Any] | None:
+        row = _first(self.con.execute("SELECT metrics FROM runs WHERE id = ?", [run_id]).fetchall())
+        return json.loads(row[0]) if row and row[0] else None
 
 
 def _first(rows: list[tuple]) -> tuple | None:

@@ -76,11 +76,16 @@ class VectorIndex:
         return index
 
     def update(self, remove_ids: np.ndarray, add_ids: np.ndarray, add_vecs: np.ndarray) -> None:
-        """Apply one run's changes, then save.
+        """Apply changes and save."""
+        self.apply(remove_ids, add_ids, add_vecs)
+        self.save()
+
+    def apply(self, remove_ids: np.ndarray, add_ids: np.ndarray, add_vecs: np.ndarray) -> None:
+        """Apply committed changes in memory (``save`` writes them).
 
         Call ``load()`` before the run writes, so the loaded index matches the
-        store as it was; applying the deltas twice is harmless (ids re-added
-        are removed first), so a rebuild that already saw them stays correct.
+        store as it was; applying a change twice is harmless (ids re-added are
+        removed first), so a rebuild that already saw it stays correct.
         """
         index = self.load()
         drop = np.unique(np.concatenate([np.asarray(remove_ids, dtype=np.int64),
@@ -90,7 +95,6 @@ class VectorIndex:
         if len(add_ids):
             index.add_with_ids(np.ascontiguousarray(add_vecs, dtype=np.float32),
                                np.asarray(add_ids, dtype=np.int64))
-        self.save()
 
     def save(self) -> None:
         """Atomic: temp file + rename, the sidecar last (a crash between = stale = rebuild)."""

@@ -54,7 +54,14 @@ def test_index_rerun_touch_delete(collection, tmp_path, device):
     st = touched.stat()
     os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
     code, after_touch = cli("index", collection, "--db", db, "--json")
-    assert (after_touch["decoded"], after_touch["unchanged"]) == (1, 15)
+    # re-done: its bytes did not change, so its features come from the content-hash cache
+    assert (after_touch["decoded"], after_touch["reused"], after_touch["unchanged"]) == (0, 1, 15)
+    assert after_touch["metrics"]["cache_hit_rate"] == 1.0
+
+    edited = collection / "object" / "ukbench00003.jpg"
+    edited.write_bytes(edited.read_bytes() + b"\0trailing bytes")   # new content, same picture
+    code, after_edit = cli("index", collection, "--db", db, "--json")
+    assert (after_edit["decoded"], after_edit["reused"], after_edit["unchanged"]) == (1, 0, 15)
 
     victim = collection / "object" / "ukbench00002.jpg"
     code, before = cli("similar", collection / "object" / "ukbench00000.jpg", "--db", db,
@@ -107,7 +114,8 @@ def test_duplicates_and_failed_files(collection, tmp_path):
     assert (stats["assets"], stats["failed"], stats["embedded"]) == (17, 1, 0)
     # a later full run adds the embeddings the hash-only run skipped; the broken file is not retried
     code, full = cli("index", collection, "--db", db, "--json")
-    assert (full["decoded"], full["unchanged"], full["embedded"]) == (17, 1, 17)
+    # the byte-identical copy is not decoded twice: its features are copied (a cache hit)
+    assert (full["decoded"], full["reused"], full["unchanged"], full["embedded"]) == (16, 1, 1, 17)
     code, dup_e = cli("duplicates", "--db", db, "--by", "embedding", "--threshold", "0.99", "--json")
     groups = [sorted(os.path.basename(f["path"]) for f in g["files"]) for g in dup_e["groups"]]
     assert sorted(["copy_of_first.jpg", first]) in groups

@@ -6,8 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
+from alice_gpu import hashing_cpu
 from alice_gpu.hashing import (HASHES, HashAlgorithm, compute_hashes, get_hash, hamming,
                                hash_hex, resize_gray, to_gray, to_uint64)
+from conftest import DEVICES
 
 REFERENCE = {"ahash": imagehash.average_hash, "dhash": imagehash.dhash,
              "phash": imagehash.phash, "whash": imagehash.whash}
@@ -16,6 +18,19 @@ WS = 256
 
 def _batch(images: list[np.ndarray], device) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+# every implementation of the hashes: batched torch on each device, and numpy (decode workers)
+IMPLS = [pytest.param(("torch", d.values[0]), id=f"torch-{d.values[0]}", marks=d.marks)
+         if hasattr(d, "values") else pytest.param(("torch", d), id=f"torch-{d}")
+         for d in DEVICES] + [pytest.param(("numpy", "cpu"), id="numpy")]
+
+
+def _hashes(images: list[np.ndarray], impl) -> dict[str, np.ndarray]:
+    kind, device = impl
+    if kind == "numpy":
+        return hashing_cpu.hashes(np.stack(images))
+    return {k: to_uint64(v) for k, v in compute_hashes(_batch(images, device)).items()}
 
 
 def _synthetic(seed: int) -> np.ndarray:
@@ -39,7 +54,7 @@ def test_every_hash_is_a_template_subclass():
 def test_resize_matches_pillow_lanczos(device, out_w, out_h):
     rng = np.random.default_rng(0)
     gray = rng.integers(0, 256, (WS, WS), dtype=np.uint8)
-    ours = resize_gray(torch.from_numpy(gray).float()[None].to(device), out_w, out_h)[0].cpu().numpy()
+    ours = resize_gray(torch.from_numpy(gray).double()[None].to(device), out_w, out_h)[0].cpu().numpy()
     ref = np.asarray(Image.fromarray(gray).resize((out_w, out_h), Image.Resampling.LANCZOS))
     assert np.abs(ours - ref).max() <= 1      # Pillow works in fixed point
     assert (ours == ref).mean() > 0.95
@@ -51,25 +66,27 @@ def test_gray_matches_pillow_luma(device):
     assert np.array_equal(ours, np.asarray(Image.fromarray(rgb).convert("L")).astype(np.float32))
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("name", sorted(HASHES))
-def test_golden_against_imagehash_on_working_size_images(device, name):
+def test_golden_against_imagehash_on_working_size_images(impl, name):
     """At the working size imagehash sees the same pixels: hashes and hex must be identical."""
     images = [_synthetic(s) for s in range(6)]
-    ours = to_uint64(get_hash(name)(to_gray(_batch(images, device))))
+    ours = _hashes(images, impl)[name]
     for img, value in zip(images, ours):
         ref = REFERENCE[name](Image.fromarray(img))
         assert hash_hex(value) == str(ref), name
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("name", sorted(HASHES))
-def test_invariances(device, name):
+def test_invariances(impl, name):
     img = _synthetic(7)
     reencoded = np.asarray(Image.fromarray(img).convert("L").convert("RGB"))
     brighter = np.clip(img.astype(int) + 10, 0, 255).astype(np.uint8)
-    h = to_uint64(get_hash(name)(to_gray(_batch([img, reencoded, brighter], device))))
+    h = _hashes([img, reencoded, brighter], impl)[name]
     assert hamming(h[0], h[1]) == 0           # colour → gray → colour keeps luma
     assert hamming(h[0], h[2]) <= 4           # a small brightness shift barely moves it
-    other = to_uint64(get_hash(name)(to_gray(_batch([_synthetic(99)], device))))[0]
+    other = _hashes([_synthetic(99)], impl)[name][0]
     assert hamming(h[0], other) > 10          # a different picture is far away
 
 
@@ -87,10 +104,19 @@ def test_hex_is_16_digits_msb_first():
     assert hash_hex(-1) == "ffffffffffffffff"
 
 
-def test_compatibility_with_imagehash_on_real_photos(photo_set, device):
+def test_numpy_and_torch_give_the_same_bits_on_real_photos(photo_set, device):
+    _, _, pixels = photo_set
+    ref = hashing_cpu.hashes(pixels)
+    got = _hashes(list(pixels), ("torch", device))
+    for name in HASHES:
+        assert (ref[name] == got[name]).mean() >= 0.995, name
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_compatibility_with_imagehash_on_real_photos(photo_set, impl):
     """The issue's contract: pHash/aHash within 2 bits for >= 99%, dHash for >= 90%."""
     _, paths, pixels = photo_set
-    ours = {k: to_uint64(v) for k, v in compute_hashes(_batch(list(pixels), device)).items()}
+    ours = _hashes(list(pixels), impl)
     within2 = {}
     for name, fn in REFERENCE.items():
         dist = np.array([hamming(int(str(fn(Image.open(p))), 16), int(o))

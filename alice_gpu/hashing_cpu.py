@@ -1,0 +1,123 @@
+"""Stage 4a on the CPU: the same four hashes in numpy, computed inside the decode workers.
+
+This module is torch-free so decode workers can use it: with
+``parallel_hash_computation`` the hashes of a CPU run are computed in the
+worker processes (all cores, no pixel transfer), and a hash-only run never
+imports torch at all. It also holds the resampling and DCT matrices that the
+torch implementation in :mod:`alice_gpu.hashing` uses, so both compute the
+same arithmetic (float64, Pillow's Lanczos weights) and give the same bits;
+the tests compare them on real photos.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+
+from .decoding import STATUS_OK, Decoded, decode_file
+from .discovery import FileEntry
+
+HASH_NAMES = ("ahash", "dhash", "phash", "whash")
+_WEIGHTS = np.array([19595, 38470, 7471], dtype=np.int32)
+_BIT_WEIGHTS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64))
+
+
+def _lanczos(x: float) -> float:
+    if x == 0.0:
+        return 1.0
+    if -3.0 < x < 3.0:
+        px = math.pi * x
+        return (math.sin(px) / px) * (math.sin(px / 3.0) / (px / 3.0))
+    return 0.0
+
+
+@lru_cache(maxsize=64)
+def lanczos_matrix(in_size: int, out_size: int) -> np.ndarray:
+    """Pillow's ``precompute_coeffs`` for LANCZOS as an (out, in) float64 matrix."""
+    scale = in_size / out_size
+    filterscale = max(scale, 1.0)
+    support = 3.0 * filterscale
+    mat = np.zeros((out_size, in_size), dtype=np.float64)
+    for xx in range(out_size):
+        center = (xx + 0.5) * scale
+        xmin = max(int(center - support + 0.5), 0)
+        xmax = min(int(center + support + 0.5), in_size)
+        weights = [_lanczos((x - center + 0.5) / filterscale) for x in range(xmin, xmax)]
+        total = sum(weights)
+        if total:
+            mat[xx, xmin:xmax] = np.asarray(weights) / total
+    mat.flags.writeable = False
+    return mat
+
+
+@lru_cache(maxsize=8)
+def dct_matrix(n: int, keep: int) -> np.ndarray:
+    """The first ``keep`` rows of scipy.fftpack's unnormalised DCT-II of size ``n``."""
+    k = np.arange(keep)[:, None]
+    i = np.arange(n)[None, :]
+    mat = 2.0 * np.cos(np.pi * k * (2 * i + 1) / (2 * n))
+    mat.flags.writeable = False
+    return mat
+
+
+def to_gray(rgb: np.ndarray) -> np.ndarray:
+    """(..., H, W, 3) uint8 → float64 (..., H, W) with Pillow's integer luma."""
+    luma = (rgb.astype(np.int32) @ _WEIGHTS + 0x8000) >> 16
+    return luma.astype(np.float64)
+
+
+def resize_gray(gray: np.ndarray, out_w: int, out_h: int) -> np.ndarray:
+    """Pillow-exact LANCZOS of (..., H, W) gray: horizontal pass first, each pass rounded."""
+    h, w = gray.shape[-2:]
+    x = gray
+    if out_w != w:
+        x = np.clip(np.rint(x @ lanczos_matrix(w, out_w).T), 0, 255)
+    if out_h != h:
+        x = np.clip(np.rint(lanczos_matrix(h, out_h) @ x), 0, 255)
+    return x
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """(..., 64) bool → (...) uint64, first bit most significant (imagehash's hex order)."""
+    return (bits.astype(np.uint64) * _BIT_WEIGHTS).sum(axis=-1, dtype=np.uint64)
+
+
+def hash_bits(gray: np.ndarray) -> dict[str, np.ndarray]:
+    """All four hashes' bits, (..., 64) bool each, from (..., H, W) gray (H, W multiples of 8)."""
+    lead = gray.shape[:-2]
+    h, w = gray.shape[-2:]
+    px8 = resize_gray(gray, 8, 8).reshape(*lead, 64)
+    ahash = px8 > px8.mean(axis=-1, keepdims=True)
+    px98 = resize_gray(gray, 9, 8)
+    dhash = (px98[..., :, 1:] > px98[..., :, :-1]).reshape(*lead, 64)
+    px32 = resize_gray(gray, 32, 32)
+    dct = dct_matrix(32, 8)
+    low = (dct @ px32 @ dct.T).reshape(*lead, 64)
+    phash = low > np.median(low, axis=-1, keepdims=True)
+    blocks = gray.reshape(*lead, 8, h // 8, 8, w // 8).mean(axis=(-3, -1)).reshape(*lead, 64)
+    whash = blocks > np.median(blocks, axis=-1, keepdims=True)
+    return {"ahash": ahash, "dhash": dhash, "phash": phash, "whash": whash}
+
+
+def hashes(pixels: np.ndarray) -> dict[str, np.ndarray]:
+    """uint8 (..., H, W, 3) RGB or (..., H, W) luma → {name: uint64 (...)}."""
+    gray = to_gray(pixels) if pixels.shape[-1] == 3 and pixels.ndim >= 3 else pixels.astype(np.float64)
+    return {k: pack_bits(v) for k, v in hash_bits(gray).items()}
+
+
+def decode_and_hash(entries: Sequence[FileEntry], working_size: int, keep_pixels: bool = True,
+                    mode: str = "RGB", hash_here: bool = True) -> list[Decoded]:
+    """Worker entry point: decode, hash on the spot (``hash_here``), drop unneeded pixels."""
+    out = []
+    for entry in entries:
+        d = decode_file(entry, working_size, mode)
+        if d.status == STATUS_OK:
+            if hash_here:
+                d.hashes = {k: int(v) for k, v in hashes(d.pixels).items()}
+            if not keep_pixels:
+                d.pixels = None
+        out.append(d)
+    return out
