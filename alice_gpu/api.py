@@ -11,13 +11,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .config import Config, default_db_dir, load_config
 from .modelcfg import known_dim
 from .pipeline import IndexSummary, ProgressFn, run_index
-from .store import MANIFEST_FILE, Store
+from .store import DB_FILE, MANIFEST_FILE, Store
 from .vectors import VectorIndex
 
 if TYPE_CHECKING:
@@ -29,12 +31,57 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class QueryCache:
+    """LRU of query results (``search_cache_size`` entries, ``cache_ttl_seconds`` each).
+
+    Keys include the index files' (size, mtime), so any write to the index
+    invalidates every cached answer.
+    """
+
+    def __init__(self, size: int, ttl: float):
+        self.size, self.ttl = size, ttl
+        self._items: OrderedDict[tuple, tuple[float, Any]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get(self, key: tuple) -> Any | None:
+        item = self._items.get(key)
+        if item is None or time.monotonic() - item[0] > self.ttl:
+            self._items.pop(key, None)
+            self.misses += 1
+            return None
+        self._items.move_to_end(key)
+        self.hits += 1
+        return item[1]
+
+    def put(self, key: tuple, value: Any) -> None:
+        if self.size <= 0:
+            return
+        self._items[key] = (time.monotonic(), value)
+        self._items.move_to_end(key)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    try:
+        st = path.stat()
+        return st.st_size, st.st_mtime_ns
+    except OSError:
+        return -1, -1
+
+
 class AliceIndex:
     """One index folder. Each call opens the store for just as long as it needs it."""
 
     def __init__(self, db: str | os.PathLike[str] | None = None, config: Config | None = None):
         self.folder = Path(db).expanduser() if db else default_db_dir()
         self.config = config or load_config()
+        perf = self.config.performance
+        self.cache = QueryCache(perf.search_cache_size, perf.cache_ttl_seconds)
+
+    def _cache_key(self, *parts: Any) -> tuple:
+        db = self.folder / DB_FILE
+        return (*parts, _stamp(db), _stamp(db.with_name(DB_FILE + ".wal")))
 
     def _manifest(self) -> dict[str, Any]:
         try:
@@ -83,17 +130,31 @@ class AliceIndex:
         from .search import similar
 
         cfg = self.config.with_overrides(device=device)
+        k = k or cfg.query.k
+        path = os.fspath(image)
+        key = self._cache_key("similar", os.path.abspath(path), _stamp(Path(path)), k, by)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
         with self._open(read_only=True) as store:
-            return similar(store, VectorIndex(store), os.fspath(image),
-                           k=k or cfg.query.k, by=by, cfg=cfg, device=select_device(cfg.device))
+            result = similar(store, VectorIndex(store), path, k=k, by=by, cfg=cfg,
+                             device=select_device(cfg.device))
+        self.cache.put(key, result)
+        return result
 
     def duplicates(self, *, by: str = "phash", threshold: float | None = None) -> "DuplicatesResult":
         """Groups of near-duplicates (connected components within ``threshold``)."""
         from .search import duplicates
 
+        key = self._cache_key("duplicates", by, threshold)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
         with self._open(read_only=True) as store:
-            return duplicates(store, VectorIndex(store), by=by, threshold=threshold,
-                              cfg=self.config)
+            result = duplicates(store, VectorIndex(store), by=by, threshold=threshold,
+                                cfg=self.config)
+        self.cache.put(key, result)
+        return result
 
     def stats(self) -> dict[str, Any]:
         with self._open(read_only=True) as store:

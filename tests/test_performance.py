@@ -1,0 +1,184 @@
+"""The seed's performance architecture: every config key changes real behaviour."""
+
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import alice_gpu
+from alice_gpu.config import load_config
+from alice_gpu.features import FeatureExtractor
+from alice_gpu.pipeline import DecodePlan, decode_stream
+from alice_gpu.discovery import walk
+from alice_gpu.store import DB_FILE, Store
+
+
+@pytest.fixture
+def small(tmp_path, photos, near_dups):
+    root = tmp_path / "media"
+    root.mkdir()
+    for src in sorted((photos / "images").iterdir())[:20]:
+        shutil.copy2(src, root / src.name)
+    for n in range(4):
+        shutil.copy2(near_dups / "ukbench" / f"ukbench{n:05d}.jpg", root)
+    return root
+
+
+def _cfg(tmp_path, **sections):
+    path = tmp_path / f"cfg{len(list(tmp_path.glob('cfg*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(sections))
+    return load_config(path)
+
+
+def _hashes(folder) -> dict[str, tuple]:
+    con = duckdb.connect(str(folder / DB_FILE), read_only=True)
+    try:
+        rows = con.execute("SELECT path, ahash, dhash, phash, whash FROM assets").fetchall()
+    finally:
+        con.close()
+    return {r[0].rsplit("/", 1)[1]: r[1:] for r in rows}
+
+
+@pytest.mark.parametrize("embed", [False, True])
+def test_worker_and_device_hashing_store_the_same_hashes(tmp_path, small, embed):
+    """parallel_hash_computation moves the hashes into the decode workers; bits stay equal."""
+    a = alice_gpu.open_index(tmp_path / "a", config=_cfg(
+        tmp_path, performance={"parallel_hash_computation": True}))
+    b = alice_gpu.open_index(tmp_path / "b", config=_cfg(
+        tmp_path, performance={"parallel_hash_computation": False}))
+    a.index([small], embed=embed, device="cpu")
+    b.index([small], embed=embed, device="cpu")
+    ha, hb = _hashes(tmp_path / "a"), _hashes(tmp_path / "b")
+    assert len(ha) == 24
+    same = sum(ha[k] == hb[k] for k in ha)
+    assert same >= 23, (same, len(ha))
+
+
+def test_row_by_row_and_tiny_transactions_store_the_same_rows(tmp_path, small):
+    bulk = alice_gpu.open_index(tmp_path / "bulk")
+    rows = alice_gpu.open_index(tmp_path / "rows", config=_cfg(tmp_path, performance={
+        "enable_batch_operations": False, "transaction_size": 3, "batch_insert_size": 2,
+        "batch_size": 5}))
+    s1 = bulk.index([small], embed=False)
+    s2 = rows.index([small], embed=False)
+    assert (s1.decoded, s2.decoded) == (24, 24)
+    assert _hashes(tmp_path / "bulk") == _hashes(tmp_path / "rows")
+
+
+@pytest.mark.parametrize("profile, workers, batch", [("memory", 4, 50), ("fast", 16, 200)])
+def test_profiles_change_workers_and_batch_size(tmp_path, small, profile, workers, batch):
+    import os
+
+    idx = alice_gpu.open_index(tmp_path / profile, config=load_config(profile=profile))
+    summary = idx.index([small], embed=False)
+    assert summary.batch_size == batch
+    assert summary.workers == min(workers, os.cpu_count())     # capped at the cores present
+
+
+def test_metrics_are_reported_and_stored(tmp_path, small):
+    idx = alice_gpu.open_index(tmp_path / "m")
+    summary = idx.index([small], device="cpu")
+    m = summary.metrics
+    assert m["files_processed"] == 24 and m["processing_time"] > 0
+    assert m["average_file_time"] == pytest.approx(m["processing_time"] / 24, rel=0.01)
+    assert m["memory_usage_mb"] > 50
+    assert 0 < m["batch_efficiency"] <= 1
+    assert set(m["stage_seconds"]) == {"discover", "decode", "transfer", "compute", "write"}
+    assert m["stage_seconds"]["compute"] > 0
+    with Store(tmp_path / "m", model="efficientnet_lite0", dim=1280, read_only=True) as store:
+        assert store.run_metrics(summary.run_id) == m
+
+
+def test_identical_file_elsewhere_is_not_decoded_again(tmp_path, small):
+    idx = alice_gpu.open_index(tmp_path / "c")
+    idx.index([small], device="cpu")
+    other = tmp_path / "other"
+    other.mkdir()
+    src = sorted(small.iterdir())[0]
+    shutil.copy2(src, other / "twin.jpg")
+    shutil.copy2(src, other / "twin2.jpg")
+    summary = idx.index([small, other], device="cpu")
+    assert (summary.decoded, summary.reused, summary.unchanged) == (0, 2, 24)
+    assert summary.metrics["cache_hit_rate"] == 1.0
+    top = idx.similar(other / "twin.jpg", k=3).results
+    assert {m.path for m in top if m.score > 0.9999} >= {str(src), str(other / "twin.jpg")}
+
+
+def test_query_cache_hits_and_is_invalidated_by_writes(tmp_path, small):
+    idx = alice_gpu.open_index(tmp_path / "q")
+    idx.index([small], device="cpu")
+    q = sorted(small.iterdir())[3]
+    first = idx.similar(q, k=3)
+    assert idx.similar(q, k=3) is first and idx.cache.hits == 1
+    (small / "new.jpg").write_bytes((small / sorted(p.name for p in small.iterdir())[0]).read_bytes() + b"x")
+    idx.index([small], device="cpu")
+    assert idx.similar(q, k=3) is not first
+    nocache = alice_gpu.open_index(tmp_path / "q", config=_cfg(
+        tmp_path, performance={"search_cache_size": 0}))
+    nocache.similar(q, k=3)
+    assert nocache.similar(q, k=3) is not nocache.similar(q, k=3)
+    stale = alice_gpu.open_index(tmp_path / "q", config=_cfg(
+        tmp_path, performance={"cache_ttl_seconds": 0}))
+    r = stale.similar(q, k=3)
+    assert stale.similar(q, k=3) is not r
+
+
+def test_small_jobs_decode_in_process_and_large_ones_in_a_pool(small, monkeypatch):
+    import alice_gpu.pipeline as pl
+
+    entries = list(walk([small]))
+    plan = DecodePlan(64, "L", hash_in_worker=True, keep_pixels=False)
+    started = []
+    real = pl.ProcessPoolExecutor
+
+    def spy(*a, **k):
+        started.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(pl, "ProcessPoolExecutor", spy)
+    small_run = list(decode_stream(entries, plan, workers=2, max_in_flight=8,
+                                   parallel_threshold=len(entries) + 1))
+    assert started == []
+    big_run = list(decode_stream(entries, plan, workers=2, max_in_flight=8,
+                                 parallel_threshold=len(entries)))
+    assert started == [1]
+    assert [d.path for d in small_run] == [d.path for d in big_run] == [e.path for e in entries]
+    assert [d.hashes for d in small_run] == [d.hashes for d in big_run]
+
+
+def test_a_batch_that_fails_on_the_device_is_retried_item_by_item(monkeypatch):
+    ext = FeatureExtractor(torch.device("cpu"), None)
+    real = ext.compute
+
+    def fragile(host, *a, **k):
+        if (host == 13).all(dim=(1, 2, 3)).any():   # the poisoned image
+            raise RuntimeError("kernel fault")
+        return real(host, *a, **k)
+
+    monkeypatch.setattr(ext, "compute", fragile)
+    imgs = [np.full((64, 64, 3), v, np.uint8) for v in (10, 13, 200)]
+    out = ext.extract(imgs, embed=False)
+    assert out[0].error is None and out[2].error is None
+    assert out[1].error and "kernel fault" in out[1].error
+
+
+def test_schema_1_is_migrated_with_a_backup(tmp_path):
+    folder = tmp_path / "old"
+    Store(folder, model="test", dim=4).close()
+    con = duckdb.connect(str(folder / DB_FILE))
+    con.execute("ALTER TABLE assets DROP COLUMN content_hash")
+    con.execute("ALTER TABLE runs DROP COLUMN metrics")
+    con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    con.close()
+    with pytest.raises(Exception, match="run `alice-gpu index` once"):
+        Store(folder, model="test", dim=4, read_only=True)
+    with Store(folder, model="test", dim=4) as store:
+        assert store._stored_version() == 2
+        cols = {r[0] for r in store.con.execute("DESCRIBE assets").fetchall()}
+        assert "content_hash" in cols
+    assert (folder / f"{DB_FILE}.v1.bak").exists()
