@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import queue
+import sys
 import threading
 import time
 from collections import deque
@@ -109,30 +110,70 @@ def _chunks(items: Sequence[FileEntry], size: int) -> Iterator[Sequence[FileEntr
         yield items[i:i + size]
 
 
-def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, workers: int,
-                  max_in_flight: int, parallel_threshold: int) -> Iterator[Decoded]:
-    """Decoded files in input order, with at most ``max_in_flight`` files decoded ahead."""
+def _worker_init() -> None:
+    """One BLAS/OpenMP thread per decode worker: N workers on N cores, no spinning."""
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(1)
+    except ImportError:  # pragma: no cover - a declared dependency
+        pass
+
+
+def _noop() -> None:
+    return None
+
+
+def start_pool(workers: int) -> ProcessPoolExecutor | None:
+    """Start the decode workers now, while this process is still small and single-purpose.
+
+    They are forked before torch is imported or any pipeline thread runs, so they
+    start in milliseconds and inherit no torch or thread state; where fork is not
+    available, a fork server (a clean interpreter with the decode modules loaded)
+    does the same more slowly.
+    """
+    if workers <= 1:
+        return None
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    if method == "fork" and "torch" in sys.modules:
+        method = "forkserver"
+    ctx = multiprocessing.get_context(method)
+    if method == "forkserver":
+        ctx.set_forkserver_preload(["alice_gpu.hashing_cpu"])
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
+    pool.submit(_noop)  # starts all workers now
+    return pool
+
+
+def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: ProcessPoolExecutor | None,
+                  workers: int, max_in_flight: int, parallel_threshold: int) -> Iterator[Decoded]:
+    """Decoded files in input order, with at most ``max_in_flight`` files decoded ahead.
+
+    Jobs smaller than ``parallel_threshold`` (or without a pool) are decoded in-process.
+    """
     args = (plan.working_size, plan.keep_pixels, plan.mode, plan.hash_in_worker)
-    if workers <= 1 or len(entries) < parallel_threshold:
+    if pool is None or len(entries) < parallel_threshold:
         for e in entries:
             yield from decode_and_hash([e], *args)
         return
     chunk = max(1, min(16, max_in_flight // (2 * workers)))
-    ctx = multiprocessing.get_context("spawn")  # no torch/thread state inherited by workers
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        pending: deque[Future[list[Decoded]]] = deque()
-        it = _chunks(entries, chunk)
-        max_chunks = max(workers, max_in_flight // chunk)
-        for part in it:
-            pending.append(pool.submit(decode_and_hash, part, *args))
-            if len(pending) >= max_chunks:
-                break
+    pending: deque[Future[list[Decoded]]] = deque()
+    it = _chunks(entries, chunk)
+    max_chunks = max(workers, max_in_flight // chunk)
+    for part in it:
+        pending.append(pool.submit(decode_and_hash, part, *args))
+        if len(pending) >= max_chunks:
+            break
+    try:
         while pending:
             results = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
                 pending.append(pool.submit(decode_and_hash, nxt, *args))
             yield from results
+    finally:
+        for f in pending:
+            f.cancel()
 
 
 # ------------------------------------------------------------------ content reuse
@@ -154,7 +195,7 @@ def find_reusable(store: Store, todo: list[FileEntry], embed: bool, threads: int
     reuse maps path → (content hash, stored features or None for "copy of a file
     decoded earlier in this run").
     """
-    sizes = store.content_sizes(require_embedding=embed)
+    sizes = store.content_sizes(require_embedding=embed) if store.has_assets() else set()
     counts: dict[int, int] = {}
     for e in todo:
         counts[e.size] = counts.get(e.size, 0) + 1
@@ -167,7 +208,8 @@ def find_reusable(store: Store, todo: list[FileEntry], embed: bool, threads: int
     else:
         digests = [_file_digest(e.path) for e in candidates]
     digest_of = {e.path: d for e, d in zip(candidates, digests) if d is not None}
-    stored = store.features_by_content(digest_of.values(), require_embedding=embed)
+    stored = (store.features_by_content(digest_of.values(), require_embedding=embed)
+              if sizes else {})
     reuse: dict[str, tuple[str, dict | None]] = {}
     first_in_run: set[str] = set()
     to_decode = []
@@ -307,6 +349,18 @@ def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Con
     """
     t0 = time.perf_counter()
     roots = list(roots)
+    workers = effective_workers(cfg.performance.max_workers)
+    pool = start_pool(workers)
+    try:
+        return _run(store, vectors, roots, cfg, device, progress, retry_failed, pool, t0)
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
+         device: "torch.device | None", progress: ProgressFn | None, retry_failed: bool,
+         pool: ProcessPoolExecutor | None, t0: float) -> IndexSummary:
     perf = cfg.performance
     embed = cfg.features.embed
     workers = effective_workers(perf.max_workers)
@@ -328,7 +382,7 @@ def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Con
         if progress:
             progress(ProgressEvent("discover", found.files_seen, found.files_seen))
 
-        if found.todo or found.removed:
+        if (embed and found.todo) or found.removed:
             vectors.load()  # as the store is now: each commit's changes are applied to it
         run_id = store.start_run(roots, summary.device, embed)
         summary.run_id = run_id
@@ -406,7 +460,7 @@ def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Con
                     bad.clear()
                     emit(records)
 
-                stream = decode_stream(todo, plan, workers, max_in_flight,
+                stream = decode_stream(todo, plan, pool, workers, max_in_flight,
                                        cfg.decode.parallel_threshold)
                 t_wait = time.perf_counter()
                 for d in stream:

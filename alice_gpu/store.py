@@ -255,6 +255,10 @@ class Store:
         cols = self.con.execute("SELECT path, id FROM assets").fetchnumpy()
         return dict(zip(cols["path"].tolist(), cols["id"].tolist()))
 
+    def has_assets(self) -> bool:
+        return bool(self.con.execute("SELECT count(*) FROM (SELECT 1 FROM assets LIMIT 1)"
+                                     ).fetchall()[0][0])
+
     def content_sizes(self, require_embedding: bool) -> set[int]:
         """Sizes of complete assets with a content hash (cheap pre-filter for reuse)."""
         sql = "SELECT DISTINCT a.size FROM assets a"

@@ -16,12 +16,18 @@ import json
 import logging
 import os
 
-import faiss
 import numpy as np
 
 from .store import Store
 
 log = logging.getLogger(__name__)
+
+
+def _faiss():
+    """FAISS is imported when an index is first used (hash-only runs never need it)."""
+    import faiss
+
+    return faiss
 
 INDEX_FILE = "vectors.faiss"
 SIDECAR_FILE = "vectors.json"
@@ -35,13 +41,13 @@ class VectorIndex:
         self.dim = store.dim
         self.path = store.folder / INDEX_FILE
         self.sidecar = store.folder / SIDECAR_FILE
-        self.index: faiss.IndexIDMap2 | None = None
+        self.index: object | None = None
         self.rebuilt = False
 
-    def _empty(self) -> faiss.IndexIDMap2:
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+    def _empty(self) -> object:
+        return _faiss().IndexIDMap2(_faiss().IndexFlatIP(self.dim))
 
-    def load(self) -> faiss.IndexIDMap2:
+    def load(self) -> object:
         """The index, from disk when it matches the store, else rebuilt from DuckDB."""
         if self.index is not None:
             return self.index
@@ -50,10 +56,10 @@ class VectorIndex:
             meta = json.loads(self.sidecar.read_text())
             if meta.get("version") != want or meta.get("dim") != self.dim:
                 raise ValueError(f"stale (file v{meta.get('version')}, store v{want})")
-            index = faiss.read_index(str(self.path))
+            index = _faiss().read_index(str(self.path))
             if index.d != self.dim or index.ntotal != meta.get("count"):
                 raise ValueError("does not match its sidecar")
-            if not isinstance(index, faiss.IndexIDMap2):
+            if not isinstance(index, _faiss().IndexIDMap2):
                 raise ValueError(f"unexpected index type {type(index).__name__}")
             self.index = index
             return self.index
@@ -63,7 +69,7 @@ class VectorIndex:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return self.rebuild(reason)
 
-    def rebuild(self, reason: str = "requested") -> faiss.IndexIDMap2:
+    def rebuild(self, reason: str = "requested") -> object:
         ids, mat = self.store.embeddings()
         log.info("rebuilding vector index from the store (%s): %d vectors", reason, len(ids))
         index = self._empty()
@@ -100,7 +106,7 @@ class VectorIndex:
         """Atomic: temp file + rename, the sidecar last (a crash between = stale = rebuild)."""
         assert self.index is not None
         tmp = self.path.with_name(f".{INDEX_FILE}.tmp")
-        faiss.write_index(self.index, str(tmp))
+        _faiss().write_index(self.index, str(tmp))
         os.replace(tmp, self.path)
         meta = {"version": self.store.vectors_version(), "dim": self.dim,
                 "count": int(self.index.ntotal), "model": self.store.model}
@@ -123,7 +129,7 @@ class VectorIndex:
         ids, mat = self.store.embeddings()
         if len(ids) < 2:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-        flat = faiss.IndexFlatIP(self.dim)
+        flat = _faiss().IndexFlatIP(self.dim)
         flat.add(np.ascontiguousarray(mat))
         lims, dist, labels = flat.range_search(np.ascontiguousarray(mat), float(threshold))
         rows = np.repeat(np.arange(len(ids)), np.diff(lims).astype(np.int64))
@@ -154,7 +160,7 @@ def hamming_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray, np.nd
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     codes = _as_bytes(hashes)
-    index = faiss.IndexBinaryFlat(64)
+    index = _faiss().IndexBinaryFlat(64)
     index.add(codes)
     # FAISS keeps distances strictly below the radius
     lims, dist, labels = index.range_search(codes, int(threshold) + 1)

@@ -13,7 +13,7 @@ import yaml
 import alice_gpu
 from alice_gpu.config import load_config
 from alice_gpu.features import FeatureExtractor
-from alice_gpu.pipeline import DecodePlan, decode_stream
+from alice_gpu.pipeline import DecodePlan, decode_stream, start_pool
 from alice_gpu.discovery import walk
 from alice_gpu.store import DB_FILE, Store
 
@@ -128,25 +128,22 @@ def test_query_cache_hits_and_is_invalidated_by_writes(tmp_path, small):
     assert stale.similar(q, k=3) is not r
 
 
-def test_small_jobs_decode_in_process_and_large_ones_in_a_pool(small, monkeypatch):
-    import alice_gpu.pipeline as pl
-
+def test_small_jobs_decode_in_process_and_large_ones_in_a_pool(small):
     entries = list(walk([small]))
     plan = DecodePlan(64, "L", hash_in_worker=True, keep_pixels=False)
-    started = []
-    real = pl.ProcessPoolExecutor
-
-    def spy(*a, **k):
-        started.append(1)
-        return real(*a, **k)
-
-    monkeypatch.setattr(pl, "ProcessPoolExecutor", spy)
-    small_run = list(decode_stream(entries, plan, workers=2, max_in_flight=8,
-                                   parallel_threshold=len(entries) + 1))
-    assert started == []
-    big_run = list(decode_stream(entries, plan, workers=2, max_in_flight=8,
-                                 parallel_threshold=len(entries)))
-    assert started == [1]
+    pool = start_pool(2)
+    try:
+        calls = []
+        real_submit = pool.submit
+        pool.submit = lambda *a, **k: calls.append(1) or real_submit(*a, **k)
+        small_run = list(decode_stream(entries, plan, pool, 2, max_in_flight=8,
+                                       parallel_threshold=len(entries) + 1))
+        assert calls == []                         # below the threshold: in-process
+        big_run = list(decode_stream(entries, plan, pool, 2, max_in_flight=8,
+                                     parallel_threshold=len(entries)))
+        assert len(calls) >= 3                     # chunks of at most 2 files went to the pool
+    finally:
+        pool.shutdown()
     assert [d.path for d in small_run] == [d.path for d in big_run] == [e.path for e in entries]
     assert [d.hashes for d in small_run] == [d.hashes for d in big_run]
 

@@ -1,0 +1,339 @@
+"""Throughput, scaling and memory of alice-gpu side by side with the tools users would pick.
+
+    pip install -e '.[dev,bench]'
+    python benchmarks/bench_throughput.py [--sizes 100 1000 10000] [--workers N] [--write]
+
+Every tool is timed end to end as a separate command (interpreter start-up
+included) on the same files, in the same run:
+  * decode floor: Pillow open + draft + 32 px grayscale resize, process pool of N workers
+  * imagehash.phash in a process pool of N workers
+  * imagededup PHash().encode_images(num_enc_workers=N)
+  * alice-gpu index --no-embed, and alice-gpu index (hashes + embeddings), fresh index each
+Sets larger than the 462 real photos of ``photo_collection`` are made by copying
+them into a temporary folder under distinct names with distinct bytes (a counter
+appended after the JPEG end marker, which decoders ignore), so that no two files
+are byte-identical and content-hash reuse cannot flatter alice-gpu.
+
+Also measured: sequential vs parallel (workers 1 vs N), the in-process/pool
+threshold, the embedding stage alone (naive eager fp32 vs ours), the N-S score
+with the precision used, and a re-index of 100,000 unchanged small files.
+With --write the report replaces the throughput section of benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = REPO.parent / "shared" / "data"
+PHOTOS = DATA / "photo_collection" / "images"
+RESULTS = REPO / "benchmarks" / "RESULTS.md"
+BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
+
+
+# ------------------------------------------------------------------ peers (run as subprocesses)
+
+def _floor_one(path: str) -> int:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.draft("L", (32, 32))
+        return im.convert("L").resize((32, 32)).size[0]
+
+
+def _imagehash_one(path: str) -> str:
+    import imagehash
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return str(imagehash.phash(im))
+
+
+def peer(kind: str, folder: str, workers: int) -> None:
+    files = sorted(str(p) for p in Path(folder).iterdir())
+    if kind == "imagededup":
+        from imagededup.methods import PHash
+
+        enc = PHash(verbose=False).encode_images(image_dir=folder, num_enc_workers=workers)
+        assert len(enc) == len(files)
+        return
+    from concurrent.futures import ProcessPoolExecutor
+
+    fn = {"floor": _floor_one, "imagehash": _imagehash_one}[kind]
+    with ProcessPoolExecutor(workers) as pool:
+        out = list(pool.map(fn, files, chunksize=32))
+    assert len(out) == len(files)
+
+
+# ------------------------------------------------------------------ helpers
+
+def make_set(src: Path, n: int, dest: Path) -> Path:
+    """``n`` files from the real photos: copies get a distinct suffix after the JPEG end."""
+    originals = sorted(p for p in src.iterdir() if p.is_file())
+    dest.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        orig = originals[i % len(originals)]
+        target = dest / f"{i:06d}_{orig.name}"
+        if i < len(originals):
+            shutil.copyfile(orig, target)
+        else:
+            target.write_bytes(orig.read_bytes() + f"alice-copy-{i}".encode())
+    return dest
+
+
+def timed(cmd: list[str]) -> tuple[float, dict | None]:
+    t = time.perf_counter()
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    if res.returncode not in (0, 1):
+        raise SystemExit(f"{' '.join(cmd[:4])} failed ({res.returncode}): {res.stderr[-3000:]}")
+    try:
+        return wall, json.loads(res.stdout)
+    except ValueError:
+        return wall, None
+
+
+def alice(*args: str) -> list[str]:
+    exe = shutil.which("alice-gpu") or str(Path(sys.executable).with_name("alice-gpu"))
+    return [exe, *args, "--json"]
+
+
+def me(*args: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), *args]
+
+
+# ------------------------------------------------------------------ measurements
+
+def end_to_end(sizes: list[int], workers: int, tmp: Path) -> list[dict]:
+    rows = []
+    for n in sizes:
+        folder = make_set(PHOTOS, n, tmp / f"set{n}")
+        row: dict = {"n": n}
+        row["floor"], _ = timed(me("_peer", "floor", str(folder), str(workers)))
+        row["imagehash"], _ = timed(me("_peer", "imagehash", str(folder), str(workers)))
+        row["imagededup"], _ = timed(me("_peer", "imagededup", str(folder), str(workers)))
+        common = [str(folder), "--device", "cpu", "--workers", str(workers)]
+        row["hash"], doc = timed(alice("index", *common, "--no-embed", "--db", str(tmp / f"h{n}")))
+        row["hash_rss"] = doc["metrics"]["memory_usage_mb"]
+        row["hash_seq"], _ = timed(alice("index", str(folder), "--device", "cpu", "--workers", "1",
+                                         "--no-embed", "--db", str(tmp / f"hs{n}")))
+        row["full"], doc = timed(alice("index", *common, "--db", str(tmp / f"f{n}")))
+        row["full_rss"] = doc["metrics"]["memory_usage_mb"]
+        row["full_stages"] = doc["metrics"]["stage_seconds"]
+        row["full_batch_eff"] = doc["metrics"]["batch_efficiency"]
+        row["rerun"], _ = timed(alice("index", *common, "--db", str(tmp / f"f{n}")))
+        shutil.rmtree(folder)
+        for d in ("h", "hs", "f"):
+            shutil.rmtree(tmp / f"{d}{n}", ignore_errors=True)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def threshold(workers: int, tmp: Path) -> list[tuple[int, float, float]]:
+    """In-process vs pool decode for small jobs: where the pool starts to pay."""
+    sys.path.insert(0, str(REPO))
+    from alice_gpu.discovery import walk
+    from alice_gpu.pipeline import DecodePlan, decode_stream, start_pool
+
+    folder = make_set(PHOTOS, 200, tmp / "thr")
+    entries = list(walk([folder]))
+    plan = DecodePlan(256, "RGB", hash_in_worker=True, keep_pixels=True)
+    out = []
+    for n in (4, 8, 16, 24, 32, 48, 64, 128, 200):
+        part = entries[:n]
+        t = time.perf_counter()
+        list(decode_stream(part, plan, None, workers, 200, parallel_threshold=10**9))
+        seq = time.perf_counter() - t
+        t = time.perf_counter()
+        pool = start_pool(workers)   # pool start-up is part of the cost being measured
+        list(decode_stream(part, plan, pool, workers, 200, parallel_threshold=0))
+        pool.shutdown()
+        par = time.perf_counter() - t
+        out.append((n, seq, par))
+    shutil.rmtree(folder)
+    return out
+
+
+def embedding_stage(batch: int = 100) -> dict:
+    """The embedding stage alone on real decoded photos, same batch size for both."""
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from alice_gpu.decoding import decode_many
+    from alice_gpu.device import model_batch_size, resolve_precision
+    from alice_gpu.discovery import walk
+    from alice_gpu.embedding import create_model
+
+    entries = list(walk([PHOTOS]))[:2 * batch]
+    pix = np.stack([d.pixels for d in decode_many(entries, 256)])
+    x = torch.from_numpy(pix).permute(0, 3, 1, 2).contiguous()
+    cpu = torch.device("cpu")
+    naive = create_model("efficientnet_lite0", cpu, optimize=False)
+    prec = resolve_precision(cpu, "auto")
+    variants = {
+        "naive eager fp32 (whole batch)": (naive, batch),
+        "fused + channels_last fp32, micro-batch 8": (
+            create_model("efficientnet_lite0", cpu, precision="fp32"), model_batch_size(cpu)),
+        f"fused + channels_last {prec}, micro-batch 8 (default)": (
+            create_model("efficientnet_lite0", cpu, precision=prec), model_batch_size(cpu)),
+    }
+    out = {}
+    ref = None
+    for name, (model, micro) in variants.items():
+        def run(model=model, micro=micro):
+            with torch.no_grad():
+                return torch.cat([model.embed(x[i:i + micro]) for i in range(0, len(x), micro)])
+        run()  # warm-up
+        t = time.perf_counter()
+        emb = run()
+        secs = time.perf_counter() - t
+        ref = emb if ref is None else ref
+        cos = torch.nn.functional.cosine_similarity(ref, emb).min().item()
+        out[name] = {"img_s": len(x) / secs, "min_cosine_vs_naive": cos}
+    return {"precision": prec, "batch": batch, "variants": out}
+
+
+def ns_score(tmp: Path) -> dict:
+    sys.path.insert(0, str(REPO))
+    import csv
+
+    import alice_gpu
+
+    nd = DATA / "near_duplicates"
+    idx = alice_gpu.open_index(tmp / "ns")
+    idx.index([nd, PHOTOS], device="cpu")
+    group = {os.path.normpath(nd / r["file"]): r["group"] for r in csv.DictReader(open(nd / "groups.csv"))}
+    queries = sorted(p for p in group if "/ukbench/" in p)
+    out = {}
+    for by in ("embedding", "phash"):
+        hits = sum(sum(group.get(m.path) == group[q] for m in idx.similar(q, k=4, by=by).results)
+                   for q in queries)
+        out[by] = hits / len(queries)
+    return out
+
+
+def reindex_100k(tmp: Path, n: int = 100_000) -> dict:
+    """Stat, skip and write on a large unchanged tree of small generated images."""
+    from PIL import Image
+
+    folder = tmp / "many"
+    base = tmp / "tiny.jpg"
+    Image.new("RGB", (16, 16), (120, 30, 200)).save(base, quality=80)
+    data = base.read_bytes()
+    for d in range(n // 1000):
+        sub = folder / f"d{d:03d}"
+        sub.mkdir(parents=True)
+        for i in range(1000):
+            (sub / f"{i:04d}.jpg").write_bytes(data + f"{d}-{i}".encode())
+    first, doc1 = timed(alice("index", str(folder), "--no-embed", "--db", str(tmp / "db100k")))
+    second, doc2 = timed(alice("index", str(folder), "--no-embed", "--db", str(tmp / "db100k")))
+    shutil.rmtree(folder)
+    return {"n": n, "first": first, "first_decoded": doc1["decoded"], "reindex": second,
+            "reindex_unchanged": doc2["unchanged"], "reindex_decoded": doc2["decoded"]}
+
+
+# ------------------------------------------------------------------ report
+
+def report(args, rows, thr, emb, ns, big) -> str:
+    import torch
+
+    w = args.workers
+    lines = [BEGIN, f"## Throughput (benchmarks/bench_throughput.py), {dt.date.today()}", ""]
+    lines.append(f"Machine: {platform.machine()} {os.cpu_count()} cores "
+                 f"({platform.processor() or 'cpu'}), no GPU (`--device cpu`); Python "
+                 f"{platform.python_version()}, torch {torch.__version__}, workers {w}. Wall "
+                 "seconds of each whole command, interpreter start-up included, same files, same "
+                 "run. Sets above 462 files are copies of `photo_collection` with distinct names "
+                 "and distinct bytes (a counter appended after the JPEG end marker).")
+    lines += ["", "| files | decode floor | imagehash.phash | imagededup PHash | alice --no-embed "
+              "| alice full | full re-run | no-embed vs imagehash | no-embed / floor speed |",
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['n']:,} | {r['floor']:.2f} | {r['imagehash']:.2f} | "
+                     f"{r['imagededup']:.2f} | {r['hash']:.2f} | {r['full']:.2f} | "
+                     f"{r['rerun']:.2f} | {r['imagehash'] / r['hash']:.2f}x | "
+                     f"{r['floor'] / r['hash']:.2f}x |")
+    lines += ["", "Sequential vs parallel (alice-gpu --no-embed, start-up included) and memory "
+              "(peak RSS of the process tree, workers included):", "",
+              "| files | 1 worker s | files/s | %d workers s | files/s | speed-up | "
+              "peak RSS no-embed MB | peak RSS full MB | full files/s |" % w,
+              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['n']:,} | {r['hash_seq']:.2f} | {r['n'] / r['hash_seq']:.0f} | "
+                     f"{r['hash']:.2f} | {r['n'] / r['hash']:.0f} | "
+                     f"{r['hash_seq'] / r['hash']:.2f}x | {r['hash_rss']:.0f} | "
+                     f"{r['full_rss']:.0f} | {r['n'] / r['full']:.1f} |")
+    if len(rows) >= 2:
+        a, b = rows[-2], rows[-1]
+        scale = b["n"] / a["n"]
+        lines += ["", f"Scaling {a['n']:,} → {b['n']:,} files (x{scale:.0f}): full wall x"
+                  f"{b['full'] / a['full']:.2f}, no-embed wall x{b['hash'] / a['hash']:.2f}; "
+                  f"peak RSS full {a['full_rss']:.0f} → {b['full_rss']:.0f} MB "
+                  f"({(b['full_rss'] / a['full_rss'] - 1) * 100:+.1f}%)."]
+        st = b["full_stages"]
+        lines.append(f"Stage seconds of the {b['n']:,}-file full run: "
+                     + ", ".join(f"{k} {v:.1f}" for k, v in st.items())
+                     + f" (decode = time the device side waited for decoded batches); "
+                     f"batch efficiency {b['full_batch_eff']:.2f}.")
+    lines += ["", "In-process vs pool decode (256 px RGB + worker hashes), seconds:", "",
+              "| files | in-process | pool | faster |", "|---:|---:|---:|---|"]
+    for n, seq, par in thr:
+        lines.append(f"| {n} | {seq:.3f} | {par:.3f} | {'in-process' if seq < par else 'pool'} |")
+    lines += ["", f"Embedding stage alone (EfficientNet-Lite0, {2 * emb['batch']} real photos, "
+              f"batches of {emb['batch']}, 2 torch threads):", "",
+              "| variant | img/s | vs naive | min cosine vs naive |", "|---|---:|---:|---:|"]
+    base = next(iter(emb["variants"].values()))["img_s"]
+    for name, v in emb["variants"].items():
+        lines.append(f"| {name} | {v['img_s']:.1f} | {v['img_s'] / base:.2f}x | "
+                     f"{v['min_cosine_vs_naive']:.4f} |")
+    lines += ["", f"N-S score (UKBench, top 4, photos as distractors) with precision "
+              f"{emb['precision']}: embedding {ns['embedding']:.2f}, pHash {ns['phash']:.2f}."]
+    if big:
+        lines += ["", f"Re-index of {big['n']:,} unchanged small generated JPEGs (--no-embed): "
+                  f"{big['reindex']:.1f} s wall ({big['reindex_unchanged']:,} unchanged, "
+                  f"{big['reindex_decoded']} decoded); the first index of them took "
+                  f"{big['first']:.1f} s."]
+    lines += ["", END]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_peer":
+        peer(sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--skip-100k", action="store_true")
+    ap.add_argument("--write", action="store_true")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp_s:
+        tmp = Path(tmp_s)
+        rows = end_to_end(args.sizes, args.workers, tmp)
+        thr = threshold(args.workers, tmp)
+        emb = embedding_stage()
+        ns = ns_score(tmp)
+        big = None if args.skip_100k else reindex_100k(tmp)
+    text = report(args, rows, thr, emb, ns, big)
+    print(text)
+    if args.write:
+        old = RESULTS.read_text() if RESULTS.exists() else "# alice-gpu benchmark results\n\n"
+        if BEGIN in old:
+            old = old[:old.index(BEGIN)] + old[old.index(END) + len(END) + 1:]
+        RESULTS.write_text(old.rstrip("\n") + "\n\n" + text)
+
+
+if __name__ == "__main__":
+    main()
