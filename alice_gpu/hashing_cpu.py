@@ -111,13 +111,13 @@ def hashes(pixels: np.ndarray) -> dict[str, np.ndarray]:
 def decode_and_hash(entries: Sequence[FileEntry], working_size: int, keep_pixels: bool = True,
                     mode: str = "RGB", hash_here: bool = True) -> list[Decoded]:
     """Worker entry point: decode, hash on the spot (``hash_here``), drop unneeded pixels."""
-    out = []
-    for entry in entries:
-        d = decode_file(entry, working_size, mode)
-        if d.status == STATUS_OK:
-            if hash_here:
-                d.hashes = {k: int(v) for k, v in hashes(d.pixels).items()}
-            if not keep_pixels:
-                d.pixels = None
-        out.append(d)
+    out = [decode_file(entry, working_size, mode) for entry in entries]
+    ok = [d for d in out if d.status == STATUS_OK]
+    if hash_here and ok:
+        batch = hashes(np.stack([d.pixels for d in ok]))   # one vectorised pass per chunk
+        for i, d in enumerate(ok):
+            d.hashes = {k: int(v[i]) for k, v in batch.items()}
+    if not keep_pixels:
+        for d in ok:
+            d.pixels = None
     return out
