@@ -29,6 +29,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
+STATUS_SAME = "same-as-indexed"   # bytes identical to an indexed file: not decoded
 
 _ORIENT_SWAPS = {5, 6, 7, 8}
 
@@ -79,11 +80,14 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB") -> Decoded:
+def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
+                known: frozenset[str] = frozenset()) -> Decoded:
     """Open, draft, orient, convert and resize one file; never raises for bad input.
 
     ``mode="L"`` (hash-only runs) lets the JPEG decoder skip colour entirely:
-    pixels are then (S, S) luma, which is all the hashes use.
+    pixels are then (S, S) luma, which is all the hashes use. A file whose
+    content hash is in ``known`` (byte-identical to an indexed file) is not
+    decoded: it comes back with ``status == STATUS_SAME``.
     """
     out = Decoded(entry.path, entry.size, entry.mtime_ns, STATUS_FAILED)
     try:
@@ -92,6 +96,9 @@ def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB") -> Decod
             with open(entry.path, "rb") as fh:
                 data = fh.read()
             out.content_hash = hashlib.blake2b(data, digest_size=16).hexdigest()
+            if out.content_hash in known:
+                out.status = STATUS_SAME
+                return out
             with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
                 out.format = im.format
                 width, height = im.size

@@ -109,9 +109,17 @@ def hashes(pixels: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def decode_and_hash(entries: Sequence[FileEntry], working_size: int, keep_pixels: bool = True,
-                    mode: str = "RGB", hash_here: bool = True) -> list[Decoded]:
-    """Worker entry point: decode, hash on the spot (``hash_here``), drop unneeded pixels."""
-    out = [decode_file(entry, working_size, mode) for entry in entries]
+                    mode: str = "RGB", hash_here: bool = True,
+                    known: dict[int, frozenset[str]] | None = None) -> list[Decoded]:
+    """Worker entry point: decode, hash on the spot (``hash_here``), drop unneeded pixels.
+
+    ``known`` maps a file size to the content hashes of indexed files of that size:
+    a byte-identical file is recognised after reading it, and not decoded.
+    """
+    known = known or {}
+    empty: frozenset[str] = frozenset()
+    out = [decode_file(entry, working_size, mode, known.get(entry.size, empty))
+           for entry in entries]
     ok = [d for d in out if d.status == STATUS_OK]
     if hash_here and ok:
         batch = hashes(np.stack([d.pixels for d in ok]))   # one vectorised pass per chunk

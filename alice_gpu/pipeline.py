@@ -10,7 +10,6 @@ file already indexed is not decoded at all: its features are copied (a cache hit
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -19,14 +18,14 @@ import sys
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from .config import Config
-from .decoding import STATUS_FAILED, STATUS_OK, Decoded
+from .decoding import STATUS_FAILED, STATUS_OK, STATUS_SAME, Decoded
 from .discovery import FileEntry, discover
 from .hashing_cpu import decode_and_hash
 from .metrics import PeakMemory, RunMetrics, StageTimer
@@ -110,6 +109,12 @@ def _chunks(items: Sequence[FileEntry], size: int) -> Iterator[Sequence[FileEntr
         yield items[i:i + size]
 
 
+def _known_for(part: Sequence[FileEntry], known: dict[int, frozenset[str]]
+               ) -> dict[int, frozenset[str]] | None:
+    sub = {e.size: known[e.size] for e in part if e.size in known}
+    return sub or None
+
+
 def _worker_init() -> None:
     """One BLAS/OpenMP thread per decode worker: N workers on N cores, no spinning."""
     try:
@@ -146,22 +151,24 @@ def start_pool(workers: int) -> ProcessPoolExecutor | None:
 
 
 def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: ProcessPoolExecutor | None,
-                  workers: int, max_in_flight: int, parallel_threshold: int) -> Iterator[Decoded]:
+                  workers: int, max_in_flight: int, parallel_threshold: int,
+                  known: dict[int, frozenset[str]] | None = None) -> Iterator[Decoded]:
     """Decoded files in input order, with at most ``max_in_flight`` files decoded ahead.
 
     Jobs smaller than ``parallel_threshold`` (or without a pool) are decoded in-process.
     """
     args = (plan.working_size, plan.keep_pixels, plan.mode, plan.hash_in_worker)
+    known = known or {}
     if pool is None or len(entries) < parallel_threshold:
         for e in entries:
-            yield from decode_and_hash([e], *args)
+            yield from decode_and_hash([e], *args, _known_for([e], known))
         return
     chunk = max(1, min(16, max_in_flight // (2 * workers)))
     pending: deque[Future[list[Decoded]]] = deque()
     it = _chunks(entries, chunk)
     max_chunks = max(workers, max_in_flight // chunk)
     for part in it:
-        pending.append(pool.submit(decode_and_hash, part, *args))
+        pending.append(pool.submit(decode_and_hash, part, *args, _known_for(part, known)))
         if len(pending) >= max_chunks:
             break
     try:
@@ -169,7 +176,7 @@ def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: ProcessP
             results = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(decode_and_hash, nxt, *args))
+                pending.append(pool.submit(decode_and_hash, nxt, *args, _known_for(nxt, known)))
             yield from results
     finally:
         for f in pending:
@@ -178,52 +185,17 @@ def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: ProcessP
 
 # ------------------------------------------------------------------ content reuse
 
-def _file_digest(path: str) -> str | None:
-    try:
-        with open(path, "rb") as fh:
-            return hashlib.file_digest(fh, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
-    except OSError:
-        return None
+def known_contents(store: Store, todo: list[FileEntry], embed: bool
+                   ) -> dict[int, frozenset[str]]:
+    """Content hashes of complete indexed files, by size, for the sizes about to be decoded.
 
-
-def find_reusable(store: Store, todo: list[FileEntry], embed: bool, threads: int
-                  ) -> tuple[list[FileEntry], dict[str, tuple[str, dict | None]]]:
-    """Split ``todo`` into files to decode and byte-identical copies whose features exist.
-
-    Only files whose size equals a stored file's (or another new file's) size are
-    read here, so unique files cost nothing extra. Returns (to_decode, reuse) where
-    reuse maps path → (content hash, stored features or None for "copy of a file
-    decoded earlier in this run").
+    The workers hash every file they read anyway; a hash found here means the
+    file is a byte-identical copy and its features are copied instead of decoded.
+    Nothing is read in this process, so unique files cost nothing extra.
     """
-    sizes = store.content_sizes(require_embedding=embed) if store.has_assets() else set()
-    counts: dict[int, int] = {}
-    for e in todo:
-        counts[e.size] = counts.get(e.size, 0) + 1
-    candidates = [e for e in todo if e.size in sizes or counts[e.size] > 1]
-    if not candidates:
-        return todo, {}
-    if threads > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            digests = list(pool.map(lambda e: _file_digest(e.path), candidates))
-    else:
-        digests = [_file_digest(e.path) for e in candidates]
-    digest_of = {e.path: d for e, d in zip(candidates, digests) if d is not None}
-    stored = (store.features_by_content(digest_of.values(), require_embedding=embed)
-              if sizes else {})
-    reuse: dict[str, tuple[str, dict | None]] = {}
-    first_in_run: set[str] = set()
-    to_decode = []
-    for e in todo:
-        digest = digest_of.get(e.path)
-        if digest is not None and digest in stored:
-            reuse[e.path] = (digest, stored[digest])
-        elif digest is not None and digest in first_in_run:
-            reuse[e.path] = (digest, None)
-        else:
-            if digest is not None:
-                first_in_run.add(digest)
-            to_decode.append(e)
-    return to_decode, reuse
+    if not todo or not store.has_assets():
+        return {}
+    return store.contents_by_size({e.size for e in todo}, require_embedding=embed)
 
 
 def _copied_record(entry: FileEntry, digest: str, feats: dict) -> AssetRecord:
@@ -376,7 +348,8 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
             found = discover(roots, store.known_state(require_embedding=embed,
                                                       retry_failed=retry_failed),
                              threads=threads)
-            todo, reuse = find_reusable(store, found.todo, embed, threads) if found.todo else ([], {})
+            todo = found.todo
+            known = known_contents(store, todo, embed)
         summary.files_seen = found.files_seen
         summary.unchanged = len(found.unchanged)
         if progress:
@@ -437,10 +410,7 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                 if progress:
                     progress(ProgressEvent("index", done, total, failed))
 
-            copies = [_copied_record(entries[p], dg, f) for p, (dg, f) in reuse.items() if f]
-            for i in range(0, len(copies), batch_size):
-                emit(copies[i:i + batch_size])
-
+            same: list[Decoded] = []   # byte-identical to indexed files: copied after the run
             if todo:
                 max_in_flight = max(workers, min(
                     cfg.decode.prefetch_batches * batch_size,
@@ -461,12 +431,14 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                     emit(records)
 
                 stream = decode_stream(todo, plan, pool, workers, max_in_flight,
-                                       cfg.decode.parallel_threshold)
+                                       cfg.decode.parallel_threshold, known)
                 t_wait = time.perf_counter()
                 for d in stream:
                     timer.add("decode", time.perf_counter() - t_wait)
                     if d.status == STATUS_OK:
                         ok_items.append(d)
+                    elif d.status == STATUS_SAME:
+                        same.append(d)
                     else:
                         bad.append(_record(d, None, None))
                     if len(ok_items) + len(bad) >= batch_size:
@@ -477,26 +449,31 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
         finally:
             writer.close()
 
-        # copies of files first decoded in this run: their features exist now
-        later = [(entries[p], dg) for p, (dg, f) in reuse.items() if f is None]
-        if later:
-            stored = store.features_by_content({dg for _, dg in later}, require_embedding=embed)
-            recs = [_copied_record(e, dg, stored[dg]) for e, dg in later if dg in stored]
-            missing = [e for e, dg in later if dg not in stored]   # original failed: do it alike
-            recs += [AssetRecord(path=e.path, size=e.size, mtime_ns=e.mtime_ns,
-                                 status=STATUS_FAILED, error="identical to a file that failed")
-                     for e in missing]
+        # byte-identical copies of indexed files: features copied, nothing decoded
+        hits = 0
+        if same:
+            stored = store.features_by_content({d.content_hash for d in same},
+                                               require_embedding=embed)
+            recs = []
+            for d in same:
+                if d.content_hash in stored:
+                    recs.append(_copied_record(entries[d.path], d.content_hash,
+                                               stored[d.content_hash]))
+                else:   # the original changed meanwhile: do it the slow way
+                    recs += _featurise(list(decode_stream(
+                        [entries[d.path]], plan, None, 1, 1, 0)), extractor, embed, timer)
             for r in recs:
                 r.id = ids[r.path]
             with timer("write"):
                 res = store.write_batch(recs, run_id, insert_size=perf.batch_insert_size,
                                         bulk=perf.enable_batch_operations)
+            hits = sum(d.content_hash in stored for d in same)
             writer.embedded += len(res.embedded_ids)
             writer.failed_rows += res.failed_rows
             if len(res.touched_ids):
                 vectors.apply(res.touched_ids, res.embedded_ids, res.embeddings)
                 writer.vector_changes = True
-            failed += len(missing)
+            failed += sum(r.status != STATUS_OK for r in recs)
             done += len(recs)
         if writer.vector_changes or len(removed_ids) or (embed and not vectors.path.exists()):
             with timer("write"):
@@ -505,7 +482,6 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                 else:
                     vectors.save()
 
-        hits = len(reuse) - (len(missing) if later else 0)
         summary.reused = hits
         summary.decoded = done - failed - hits
         summary.failed = failed + len(writer.failed_rows)

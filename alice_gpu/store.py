@@ -259,13 +259,24 @@ class Store:
         return bool(self.con.execute("SELECT count(*) FROM (SELECT 1 FROM assets LIMIT 1)"
                                      ).fetchall()[0][0])
 
-    def content_sizes(self, require_embedding: bool) -> set[int]:
-        """Sizes of complete assets with a content hash (cheap pre-filter for reuse)."""
-        sql = "SELECT DISTINCT a.size FROM assets a"
-        if require_embedding:
-            sql += " JOIN embeddings e ON e.asset_id = a.id"
-        sql += " WHERE a.status = 'ok' AND a.content_hash IS NOT NULL"
-        return set(self.con.execute(sql).fetchnumpy()["size"].tolist())
+    def contents_by_size(self, sizes: set[int], require_embedding: bool
+                         ) -> dict[int, frozenset[str]]:
+        """Content hashes of complete assets whose size is in ``sizes``, by size."""
+        if not sizes:
+            return {}
+        self.con.register("_sz", pa.table({"size": pa.array(sorted(sizes), pa.int64())}))
+        try:
+            sql = "SELECT DISTINCT a.size, a.content_hash FROM assets a JOIN _sz USING (size)"
+            if require_embedding:
+                sql += " JOIN embeddings e ON e.asset_id = a.id"
+            sql += " WHERE a.status = 'ok' AND a.content_hash IS NOT NULL"
+            rows = self.con.execute(sql).fetchall()
+        finally:
+            self.con.unregister("_sz")
+        out: dict[int, set[str]] = {}
+        for size, digest in rows:
+            out.setdefault(int(size), set()).add(digest)
+        return {k: frozenset(v) for k, v in out.items()}
 
     def features_by_content(self, content_hashes: Iterable[str], require_embedding: bool
                             ) -> dict[str, dict[str, Any]]:

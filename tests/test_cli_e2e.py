@@ -114,11 +114,15 @@ def test_duplicates_and_failed_files(collection, tmp_path):
     assert (stats["assets"], stats["failed"], stats["embedded"]) == (17, 1, 0)
     # a later full run adds the embeddings the hash-only run skipped; the broken file is not retried
     code, full = cli("index", collection, "--db", db, "--json")
-    # the byte-identical copy is not decoded twice: its features are copied (a cache hit)
-    assert (full["decoded"], full["reused"], full["unchanged"], full["embedded"]) == (16, 1, 1, 17)
+    # the indexed original has no embedding yet, so neither can be copied: both decoded
+    assert (full["decoded"], full["reused"], full["unchanged"], full["embedded"]) == (17, 0, 1, 17)
+    third = collection / "third_copy.jpg"
+    shutil.copy2(collection / "copy_of_first.jpg", third)
+    code, again = cli("index", collection, "--db", db, "--json")
+    assert (again["decoded"], again["reused"], again["embedded"]) == (0, 1, 1)
     code, dup_e = cli("duplicates", "--db", db, "--by", "embedding", "--threshold", "0.99", "--json")
     groups = [sorted(os.path.basename(f["path"]) for f in g["files"]) for g in dup_e["groups"]]
-    assert sorted(["copy_of_first.jpg", first]) in groups
+    assert sorted(["copy_of_first.jpg", first, "third_copy.jpg"]) in groups
 
 
 def test_usage_errors_exit_2(tmp_path, collection):
