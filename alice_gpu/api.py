@@ -101,7 +101,8 @@ class AliceIndex:
             from .embedding import model_cfg   # a plug-in model: ask the registry
 
             dim = model_cfg(name).dim
-        return Store(self.folder, model=name, dim=dim, read_only=read_only)
+        return Store(self.folder, model=name, dim=dim, read_only=read_only,
+                     memory_limit_mb=max(256, self.config.performance.max_memory_cache_mb))
 
     def index(self, paths: Iterable[str | os.PathLike[str]], *, device: str | None = None,
               embed: bool | None = None, batch_size: int | None = None,

@@ -33,7 +33,7 @@ class PerformanceConfig:
     batch_size: int = 100                 # images per device batch
     enable_batch_operations: bool = True  # bulk Arrow inserts; False = one INSERT per row
     batch_insert_size: int = 1000         # rows per bulk INSERT statement
-    transaction_size: int = 5000          # rows per committed transaction
+    transaction_size: int = 2000          # rows per committed transaction
     max_memory_cache_mb: int = 512        # decoded pixels in flight never exceed this
     cache_ttl_seconds: int = 3600         # query-result cache entries expire after this
     parallel_metadata_extraction: bool = True  # stat + content hashing on a thread pool

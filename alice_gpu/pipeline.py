@@ -356,7 +356,10 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
             progress(ProgressEvent("discover", found.files_seen, found.files_seen))
 
         if (embed and found.todo) or found.removed:
-            vectors.load()  # as the store is now: each commit's changes are applied to it
+            if vectors.is_current():
+                vectors.load()   # as the store is now: each commit's changes are applied to it
+            else:
+                vectors.defer()  # no current file: rebuilt from DuckDB on first use
         run_id = store.start_run(roots, summary.device, embed)
         summary.run_id = run_id
         removed_ids = store.remove_paths(found.removed)
@@ -475,12 +478,9 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                 writer.vector_changes = True
             failed += sum(r.status != STATUS_OK for r in recs)
             done += len(recs)
-        if writer.vector_changes or len(removed_ids) or (embed and not vectors.path.exists()):
+        if writer.vector_changes or len(removed_ids):
             with timer("write"):
-                if vectors.index is None:
-                    vectors.load()      # rebuilds from the store and saves
-                else:
-                    vectors.save()
+                vectors.save()
 
         summary.reused = hits
         summary.decoded = done - failed - hits

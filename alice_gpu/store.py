@@ -116,7 +116,7 @@ class Store:
     """One index folder: ``alice.duckdb`` + ``manifest.json`` (+ the FAISS files of vectors)."""
 
     def __init__(self, folder: str | os.PathLike[str], *, model: str, dim: int,
-                 read_only: bool = False):
+                 read_only: bool = False, memory_limit_mb: int | None = None):
         self.folder = Path(folder)
         self.model = model
         self.dim = dim
@@ -139,6 +139,9 @@ class Store:
         except duckdb.Error as exc:
             raise StoreError(f"{db_path} is not a usable alice-gpu index: "
                              f"{str(exc).splitlines()[0]}") from None
+        if memory_limit_mb:
+            # DuckDB caches what it writes; bound it so memory does not grow with the index
+            self.con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
         if not read_only:
             self._migrate()
             self._init_schema()

@@ -43,6 +43,25 @@ class VectorIndex:
         self.sidecar = store.folder / SIDECAR_FILE
         self.index: object | None = None
         self.rebuilt = False
+        self.deferred = False
+
+    def is_current(self) -> bool:
+        """Does the file on disk reflect the store as it is now? (reads only the sidecar)"""
+        try:
+            meta = json.loads(self.sidecar.read_text())
+        except (OSError, ValueError):
+            return False
+        return (meta.get("version") == self.store.vectors_version() and meta.get("dim") == self.dim
+                and self.path.exists())
+
+    def defer(self) -> None:
+        """Do not keep the index in step during this run: it is rebuilt on first use.
+
+        Used when there is no current index file anyway (a first or bulk run), so an
+        indexing run never holds all the vectors in memory.
+        """
+        self.deferred = True
+        self.index = None
 
     def _empty(self) -> object:
         return _faiss().IndexIDMap2(_faiss().IndexFlatIP(self.dim))
@@ -77,8 +96,10 @@ class VectorIndex:
             index.add_with_ids(np.ascontiguousarray(mat, dtype=np.float32), ids)
         self.index = index
         self.rebuilt = True
-        if not self.store.read_only:
-            self.save()
+        try:
+            self.save()   # also after a read-only open: the file is derived, not the store
+        except OSError as exc:
+            log.info("could not save the rebuilt vector index (%s); using it in memory", exc)
         return index
 
     def update(self, remove_ids: np.ndarray, add_ids: np.ndarray, add_vecs: np.ndarray) -> None:
@@ -87,6 +108,8 @@ class VectorIndex:
         self.save()
 
     def apply(self, remove_ids: np.ndarray, add_ids: np.ndarray, add_vecs: np.ndarray) -> None:
+        if self.deferred:
+            return
         """Apply committed changes in memory (``save`` writes them).
 
         Call ``load()`` before the run writes, so the loaded index matches the
@@ -104,7 +127,8 @@ class VectorIndex:
 
     def save(self) -> None:
         """Atomic: temp file + rename, the sidecar last (a crash between = stale = rebuild)."""
-        assert self.index is not None
+        if self.deferred or self.index is None:
+            return
         tmp = self.path.with_name(f".{INDEX_FILE}.tmp")
         _faiss().write_index(self.index, str(tmp))
         os.replace(tmp, self.path)
