@@ -145,6 +145,7 @@ class AliceIndex:
 
     def duplicates(self, *, by: str = "phash", threshold: float | None = None) -> "DuplicatesResult":
         """Groups of near-duplicates (connected components within ``threshold``)."""
+        from .device import select_device
         from .search import duplicates
 
         key = self._cache_key("duplicates", by, threshold)
@@ -153,7 +154,7 @@ class AliceIndex:
             return cached
         with self._open(read_only=True) as store:
             result = duplicates(store, VectorIndex(store), by=by, threshold=threshold,
-                                cfg=self.config)
+                                cfg=self.config, device=select_device(self.config.device))
         self.cache.put(key, result)
         return result
 

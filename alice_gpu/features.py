@@ -14,7 +14,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .device import model_batch_size, stack_batch, synchronize, to_device
+from .device import (Stager, free_cached_memory, is_out_of_memory, model_batch_size,
+                     synchronize, to_device)
 from .embedding import EmbeddingModel, create_model
 from .hashing import compute_hashes, to_uint64
 from .metrics import StageTimer
@@ -31,13 +32,30 @@ class Features:
     error: str | None = None
 
 
+class Pending:
+    """Features of one batch, launched on the device; ``result()`` waits for them."""
+
+    def __init__(self, finish):
+        self._finish = finish
+
+    def result(self) -> list[Features]:
+        return self._finish()
+
+
 class FeatureExtractor:
-    """Hashes (always) and embeddings (when a model is given) of uint8 batches."""
+    """Hashes (always) and embeddings (when a model is given) of uint8 batches.
+
+    ``submit`` launches a batch and returns at once on CUDA (copy and compute on
+    their own streams), so the pipeline stages batch n+1 while batch n runs;
+    ``extract`` is submit + result. A CUDA out-of-memory error halves the batch
+    (and the CNN's micro-batch) and retries; it never marks files failed.
+    """
 
     def __init__(self, device: torch.device, model: EmbeddingModel | None):
         self.device = device
         self.model = model
         self.model_batch = model_batch_size(device)
+        self.stager = Stager(device)
 
     @classmethod
     def create(cls, device: torch.device, model_name: str | None,
@@ -46,41 +64,83 @@ class FeatureExtractor:
         return cls(device, model)
 
     @torch.inference_mode()
-    def compute(self, host_batch: torch.Tensor, hashes: bool = True, embed: bool = True,
-                timer: StageTimer | None = None
-                ) -> tuple[dict[str, np.ndarray] | None, np.ndarray | None]:
-        """(hashes name → uint64 array or None, embeddings (N, dim) float32 or None)."""
-        t0 = time.perf_counter()
-        batch = to_device(host_batch, self.device)
-        synchronize(self.device)
-        t1 = time.perf_counter()
-        out_hashes = ({k: to_uint64(v) for k, v in compute_hashes(batch).items()}
-                      if hashes else None)
-        emb = None
-        if embed and self.model is not None:
-            parts = [self.model.embed(batch[i:i + self.model_batch])
-                     for i in range(0, len(batch), self.model_batch)]
-            emb = torch.cat(parts).float().cpu().numpy()
-        synchronize(self.device)
+    def _launch(self, batch: torch.Tensor, hashes: bool, embed: bool
+                ) -> tuple[dict[str, torch.Tensor] | None, torch.Tensor | None]:
+        with self.stager.compute():
+            out_hashes = compute_hashes(batch.contiguous()) if hashes else None
+            emb = None
+            if embed and self.model is not None:
+                emb = torch.cat([self.model.embed(batch[i:i + self.model_batch])
+                                 for i in range(0, len(batch), self.model_batch)])
+            return out_hashes, emb
+
+    def submit(self, pixels: Sequence[np.ndarray] | None, hashes: bool = True, embed: bool = True,
+               timer: StageTimer | None = None, batch: torch.Tensor | None = None) -> Pending:
+        """Launch one batch (host ``pixels``, or a ``batch`` already on the device)."""
+        n = len(batch) if batch is not None else len(pixels)
+        try:
+            t0 = time.perf_counter()
+            dev = batch if batch is not None else self.stager.stage(pixels)
+            t1 = time.perf_counter()
+            got, emb = self._launch(dev, hashes, embed)
+            t2 = time.perf_counter()
+        except Exception as exc:  # noqa: BLE001 - handled below, per batch or per image
+            return Pending(lambda e=exc: self._recover(e, pixels, batch, hashes, embed, timer))
         if timer is not None:
             timer.add("transfer", t1 - t0)
-            timer.add("compute", time.perf_counter() - t1)
-        return out_hashes, emb
+            timer.add("compute", t2 - t1)   # launch (all of it on the CPU)
+
+        def finish() -> list[Features]:
+            try:
+                t = time.perf_counter()
+                host_h = None if got is None else {k: to_uint64(v) for k, v in got.items()}
+                host_e = None if emb is None else emb.float().cpu().numpy()
+                if timer is not None:
+                    timer.add("compute", time.perf_counter() - t)
+            except Exception as exc:  # noqa: BLE001 - asynchronous CUDA errors surface here
+                return self._recover(exc, pixels, batch, hashes, embed, timer)
+            return [Features(None if host_h is None else {k: int(v[i]) for k, v in host_h.items()},
+                             None if host_e is None else host_e[i]) for i in range(n)]
+
+        if self.device.type == "cpu":
+            result = finish()
+            return Pending(lambda: result)
+        return Pending(finish)
+
+    def _recover(self, exc: BaseException, pixels, batch, hashes: bool, embed: bool,
+                 timer: StageTimer | None) -> list[Features]:
+        items = list(pixels) if pixels is not None else [b for b in batch]
+        if is_out_of_memory(exc):
+            free_cached_memory(self.device)
+            if len(items) > 1 or self.model_batch > 1:
+                self.model_batch = max(1, self.model_batch // 2)
+                half = max(1, len(items) // 2)
+                log.warning("out of device memory: retrying in halves of %d", half)
+                return [f for part in (items[:half], items[half:]) if part
+                        for f in self._extract_items(part, pixels is not None, hashes, embed, timer)]
+        if len(items) == 1:
+            return [Features(None, None, f"features: {type(exc).__name__}: {exc}"[:300])]
+        log.warning("batch of %d failed on %s (%s); retrying one by one",
+                    len(items), self.device, exc)
+        return [f for item in items
+                for f in self._extract_items([item], pixels is not None, hashes, embed, timer)]
+
+    def _extract_items(self, items, on_host: bool, hashes, embed, timer) -> list[Features]:
+        if on_host:
+            return self.submit(items, hashes, embed, timer).result()
+        return self.submit(None, hashes, embed, timer, batch=torch.stack(items)).result()
 
     def extract(self, pixels: Sequence[np.ndarray], hashes: bool = True, embed: bool = True,
                 timer: StageTimer | None = None) -> list[Features]:
-        """Features per image; a batch that fails is retried image by image."""
-        try:
-            t = time.perf_counter()
-            host = stack_batch(pixels, self.device)
-            if timer is not None:
-                timer.add("transfer", time.perf_counter() - t)
-            got, emb = self.compute(host, hashes, embed, timer)
-        except Exception as exc:  # noqa: BLE001 - isolate the culprit, keep the rest
-            if len(pixels) == 1:
-                return [Features(None, None, f"features: {type(exc).__name__}: {exc}"[:300])]
-            log.warning("batch of %d failed on %s (%s); retrying one by one",
-                        len(pixels), self.device, exc)
-            return [f for p in pixels for f in self.extract([p], hashes, embed, timer)]
-        return [Features(None if got is None else {k: int(v[i]) for k, v in got.items()},
-                         None if emb is None else emb[i]) for i in range(len(pixels))]
+        """Features per image; a failing batch is halved (out of memory) or split per image."""
+        return self.submit(pixels, hashes, embed, timer).result()
+
+    def compute(self, host_batch: torch.Tensor, hashes: bool = True, embed: bool = True,
+                timer: StageTimer | None = None
+                ) -> tuple[dict[str, np.ndarray] | None, np.ndarray | None]:
+        """(hashes name → uint64, embeddings) of an NHWC host batch; used by checks and tests."""
+        dev = to_device(host_batch, self.device)
+        got, emb = self._launch(dev, hashes, embed)
+        synchronize(self.device)
+        return (None if got is None else {k: to_uint64(v) for k, v in got.items()},
+                None if emb is None else emb.float().cpu().numpy())

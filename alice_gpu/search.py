@@ -17,6 +17,7 @@ import torch
 from .config import HASH_NAMES, QUERY_KINDS, Config
 from .decoding import STATUS_OK, decode_path
 from .discovery import normalize_path
+from .device import cuda_hamming_pairs, cuda_hamming_topk, cuda_kernels_usable
 from .errors import QueryError
 from .features import FeatureExtractor
 from .store import Store
@@ -122,7 +123,10 @@ def similar(store: Store, vectors: VectorIndex, path: str, *, k: int, by: str, c
                    for s, i in zip(scores, ids) if int(i) in rows]
     else:
         all_ids, hashes = store.hashes(by)
-        dist, order = hamming_topk(int(feat), hashes, k)
+        if cuda_kernels_usable(device):
+            dist, order = cuda_hamming_topk(int(feat), hashes, k, device)
+        else:
+            dist, order = hamming_topk(int(feat), hashes, k)
         rows = store.assets_by_ids(all_ids[order])
         matches = [Match(rows[int(i)]["path"], round(1.0 - int(d) / 64.0, 6), int(i), int(d))
                    for d, i in zip(dist, all_ids[order])]
@@ -150,7 +154,7 @@ class _UnionFind:
 
 
 def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float | None,
-               cfg: Config) -> DuplicatesResult:
+               cfg: Config, device: torch.device | None = None) -> DuplicatesResult:
     """Connected components of the "within threshold" graph, largest group first."""
     _check_by(by)
     if by == "embedding":
@@ -161,7 +165,10 @@ def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float 
         if thr != threshold and threshold is not None:
             raise QueryError("--threshold for hashes is a whole number of bits (0..64)")
         ids, hashes = store.hashes(by)
-        i, j, _ = hamming_pairs(hashes, thr)
+        if cuda_kernels_usable(device):
+            i, j, _ = cuda_hamming_pairs(hashes, thr, device)
+        else:
+            i, j, _ = hamming_pairs(hashes, thr)
         a, b = ids[i], ids[j]
     uf = _UnionFind()
     for x, y in zip(a.tolist(), b.tolist()):

@@ -150,14 +150,14 @@ def test_small_jobs_decode_in_process_and_large_ones_in_a_pool(small):
 
 def test_a_batch_that_fails_on_the_device_is_retried_item_by_item(monkeypatch):
     ext = FeatureExtractor(torch.device("cpu"), None)
-    real = ext.compute
+    real = ext._launch
 
-    def fragile(host, *a, **k):
-        if (host == 13).all(dim=(1, 2, 3)).any():   # the poisoned image
+    def fragile(batch, *a, **k):
+        if (batch == 13).all(dim=(1, 2, 3)).any():   # the poisoned image
             raise RuntimeError("kernel fault")
-        return real(host, *a, **k)
+        return real(batch, *a, **k)
 
-    monkeypatch.setattr(ext, "compute", fragile)
+    monkeypatch.setattr(ext, "_launch", fragile)
     imgs = [np.full((64, 64, 3), v, np.uint8) for v in (10, 13, 200)]
     out = ext.extract(imgs, embed=False)
     assert out[0].error is None and out[2].error is None
@@ -179,3 +179,23 @@ def test_schema_1_is_migrated_with_a_backup(tmp_path):
         cols = {r[0] for r in store.con.execute("DESCRIBE assets").fetchall()}
         assert "content_hash" in cols
     assert (folder / f"{DB_FILE}.v1.bak").exists()
+
+
+def test_out_of_memory_halves_the_batch_and_never_fails_files(monkeypatch):
+    ext = FeatureExtractor(torch.device("cpu"), None)
+    real = ext._launch
+    sizes = []
+
+    def small_memory(batch, *a, **k):
+        sizes.append(len(batch))
+        if len(batch) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(batch, *a, **k)
+
+    monkeypatch.setattr(ext, "_launch", small_memory)
+    imgs = [np.full((64, 64, 3), v, np.uint8) for v in range(0, 240, 30)]   # 8 images
+    out = ext.extract(imgs, embed=False)
+    assert all(f.error is None for f in out) and len(out) == 8
+    assert sizes[0] == 8 and max(sizes[1:]) <= 4 and 2 in sizes
+    ref = FeatureExtractor(torch.device("cpu"), None).extract(imgs, embed=False)
+    assert [f.hashes for f in out] == [f.hashes for f in ref]
