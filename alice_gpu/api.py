@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
 from .config import Config, default_db_dir, load_config
+from .errors import ConfigError
 from .modelcfg import known_dim
 from .pipeline import IndexSummary, ProgressFn, run_index
 from .store import DB_FILE, MANIFEST_FILE, Store
@@ -107,6 +108,7 @@ class AliceIndex:
     def index(self, paths: Iterable[str | os.PathLike[str]], *, device: str | None = None,
               embed: bool | None = None, batch_size: int | None = None,
               workers: int | None = None, retry_failed: bool = False,
+              decode: str | None = None,
               progress: ProgressFn | None = None) -> IndexSummary:
         """Add new and changed files under ``paths``; drop vanished ones.
 
@@ -114,13 +116,16 @@ class AliceIndex:
         """
         cfg = self.config.with_overrides(device=device, features__embed=embed,
                                          performance__batch_size=batch_size,
-                                         performance__max_workers=workers)
+                                         performance__max_workers=workers,
+                                         decode__engine=decode)
         roots = [os.path.expanduser(os.fspath(p)) for p in paths]
         dev = None
-        if cfg.device != "auto" and cfg.device != "cpu":
+        if cfg.device not in ("auto", "cpu") or cfg.decode.engine == "gpu":
             from .device import select_device
 
             dev = select_device(cfg.device)  # an explicit GPU request fails up front
+            if cfg.decode.engine == "gpu" and dev.type != "cuda":
+                raise ConfigError("--decode gpu needs a CUDA device (--device cuda)")
         with self._open(read_only=False) as store:
             return run_index(store, VectorIndex(store), roots, cfg, dev, progress, retry_failed)
 

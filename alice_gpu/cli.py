@@ -84,6 +84,8 @@ def index(
     no_embed: bool = typer.Option(False, "--no-embed", help="Hashes only, no embeddings."),
     retry_failed: bool = typer.Option(False, "--retry-failed",
                                       help="Also retry unchanged files that failed before."),
+    decode: Optional[str] = typer.Option(None, "--decode", show_default=False,
+                                         help="cpu (Pillow, default) | gpu (nvJPEG for JPEGs; CUDA)."),
     as_json: bool = JsonOpt,
     config: Optional[Path] = ConfigOpt,
     profile: Optional[str] = ProfileOpt,
@@ -109,7 +111,8 @@ def index(
     with progress:
         summary = _run(api.index, [str(p) for p in paths], device=device,
                        embed=False if no_embed else None, batch_size=batch_size,
-                       workers=workers, retry_failed=retry_failed, progress=on_progress)
+                       workers=workers, retry_failed=retry_failed, decode=decode,
+                       progress=on_progress)
     if as_json:
         _emit_json(summary.to_dict())
     else:

@@ -60,12 +60,14 @@ class DecodeConfig:
     # measured by benchmarks/bench_throughput.py (see RESULTS.md)
     parallel_threshold: int = 48
     prefetch_batches: int = 2
+    engine: str = "cpu"            # cpu (Pillow in the workers) | gpu (nvJPEG for JPEGs; CUDA only)
 
     def validate(self) -> None:
         _check(32 <= self.working_size <= 1024, "decode.working_size must be in 32..1024")
         _check(self.hash_size in (32, 64, 128, 256), "decode.hash_size must be 32, 64, 128 or 256")
         _check(self.parallel_threshold >= 0, "decode.parallel_threshold must be >= 0")
         _check(self.prefetch_batches >= 1, "decode.prefetch_batches must be >= 1")
+        _check(self.engine in ("cpu", "gpu"), "decode.engine must be cpu or gpu")
 
 
 @dataclass(frozen=True)

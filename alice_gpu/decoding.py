@@ -30,6 +30,7 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
 STATUS_SAME = "same-as-indexed"   # bytes identical to an indexed file: not decoded
+STATUS_RAW = "raw-jpeg"           # JPEG bytes handed to the GPU decoder (``--decode gpu``)
 
 _ORIENT_SWAPS = {5, 6, 7, 8}
 
@@ -49,6 +50,8 @@ class Decoded:
     pixels: np.ndarray | None = None
     content_hash: str | None = None            # blake2b-128 of the file's bytes
     hashes: dict[str, int] | None = None       # filled when hashed in the worker
+    raw: bytes | None = None                   # JPEG bytes for the GPU decoder
+    orientation: int = 1
 
 
 def _reason(exc: BaseException) -> str:
@@ -81,7 +84,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
 
 
 def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
-                known: frozenset[str] = frozenset()) -> Decoded:
+                known: frozenset[str] = frozenset(), raw_jpeg: bool = False) -> Decoded:
     """Open, draft, orient, convert and resize one file; never raises for bad input.
 
     ``mode="L"`` (hash-only runs) lets the JPEG decoder skip colour entirely:
@@ -106,6 +109,10 @@ def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
                 if orientation in _ORIENT_SWAPS:
                     width, height = height, width
                 out.width, out.height = width, height
+                if raw_jpeg and im.format == "JPEG" and im.mode in ("RGB", "L"):
+                    out.raw, out.orientation = data, int(orientation or 1)
+                    out.status = STATUS_RAW      # the GPU decodes it; Pillow falls back
+                    return out
                 if im.format in ("JPEG", "MPO"):
                     # DCT-domain downscale: decode at >= working size, at a fraction of the cost
                     im.draft(mode, (working_size, working_size))

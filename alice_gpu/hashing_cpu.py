@@ -110,7 +110,8 @@ def hashes(pixels: np.ndarray) -> dict[str, np.ndarray]:
 
 def decode_and_hash(entries: Sequence[FileEntry], working_size: int, keep_pixels: bool = True,
                     mode: str = "RGB", hash_here: bool = True,
-                    known: dict[int, frozenset[str]] | None = None) -> list[Decoded]:
+                    known: dict[int, frozenset[str]] | None = None,
+                    raw_jpeg: bool = False) -> list[Decoded]:
     """Worker entry point: decode, hash on the spot (``hash_here``), drop unneeded pixels.
 
     ``known`` maps a file size to the content hashes of indexed files of that size:
@@ -118,7 +119,7 @@ def decode_and_hash(entries: Sequence[FileEntry], working_size: int, keep_pixels
     """
     known = known or {}
     empty: frozenset[str] = frozenset()
-    out = [decode_file(entry, working_size, mode, known.get(entry.size, empty))
+    out = [decode_file(entry, working_size, mode, known.get(entry.size, empty), raw_jpeg)
            for entry in entries]
     ok = [d for d in out if d.status == STATUS_OK]
     if hash_here and ok:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .config import Config
-from .decoding import STATUS_FAILED, STATUS_OK, STATUS_SAME, Decoded
+from .decoding import STATUS_FAILED, STATUS_OK, STATUS_RAW, STATUS_SAME, Decoded
 from .discovery import FileEntry, discover
 from .hashing_cpu import decode_and_hash
 from .metrics import PeakMemory, RunMetrics, StageTimer
@@ -94,6 +94,7 @@ class DecodePlan:
     mode: str            # "RGB" (embeddings need colour) or "L" (hash-only)
     hash_in_worker: bool
     keep_pixels: bool
+    gpu_decode: bool = False   # workers hand JPEG bytes over; nvJPEG decodes them
 
     @property
     def bytes_per_item(self) -> int:
@@ -161,14 +162,15 @@ def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: ProcessP
     known = known or {}
     if pool is None or len(entries) < parallel_threshold:
         for e in entries:
-            yield from decode_and_hash([e], *args, _known_for([e], known))
+            yield from decode_and_hash([e], *args, _known_for([e], known), plan.gpu_decode)
         return
     chunk = max(1, min(16, max_in_flight // (2 * workers)))
     pending: deque[Future[list[Decoded]]] = deque()
     it = _chunks(entries, chunk)
     max_chunks = max(workers, max_in_flight // chunk)
     for part in it:
-        pending.append(pool.submit(decode_and_hash, part, *args, _known_for(part, known)))
+        pending.append(pool.submit(decode_and_hash, part, *args, _known_for(part, known),
+                                   plan.gpu_decode))
         if len(pending) >= max_chunks:
             break
     try:
@@ -176,7 +178,8 @@ def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: ProcessP
             results = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(decode_and_hash, nxt, *args, _known_for(nxt, known)))
+                pending.append(pool.submit(decode_and_hash, nxt, *args, _known_for(nxt, known),
+                                           plan.gpu_decode))
             yield from results
     finally:
         for f in pending:
@@ -218,15 +221,47 @@ def _record(d: Decoded, hashes: dict[str, int] | None, embedding: np.ndarray | N
                        embedding=embedding, content_hash=d.content_hash)
 
 
-def _featurise(items: list[Decoded], extractor, embed: bool, timer: StageTimer
-               ) -> list[AssetRecord]:
-    """Records for a batch of decoded files: hashes from the workers or the device."""
+def _submit(items: list[Decoded], extractor, embed: bool, plan: DecodePlan, timer: StageTimer):
+    """Launch a batch on the device; returns a function giving its records.
+
+    With ``--decode gpu`` the JPEG bytes are decoded by nvJPEG on the device; the
+    files it rejects are decoded by Pillow here and join the host part of the batch.
+    """
     if extractor is None:   # everything was computed in the workers
-        return [_record(d, d.hashes, None) for d in items]
-    feats = extractor.extract([d.pixels for d in items], hashes=items[0].hashes is None,
-                              embed=embed, timer=timer)
-    return [_record(d, d.hashes if d.hashes is not None else f.hashes, f.embedding, f.error)
-            for d, f in zip(items, feats)]
+        recs = [_record(d, d.hashes, None) for d in items]
+        return lambda: recs
+    raws = [d for d in items if d.status == STATUS_RAW]
+    host = [d for d in items if d.status != STATUS_RAW]
+    parts = []
+    if raws:
+        from .device import gpu_decode_jpegs
+
+        t = time.perf_counter()
+        batch, rejected = gpu_decode_jpegs([d.raw for d in raws], [d.orientation for d in raws],
+                                           plan.working_size, extractor.device)
+        timer.add("decode", time.perf_counter() - t)
+        bad = set(rejected)
+        on_gpu = [d for i, d in enumerate(raws) if i not in bad]
+        for i in rejected:   # nvJPEG said no: Pillow decodes it
+            d = raws[i]
+            redo = decode_and_hash([FileEntry(d.path, d.size, d.mtime_ns)], plan.working_size,
+                                   True, plan.mode, False)[0]
+            if redo.status == STATUS_OK:
+                host.append(redo)
+            else:
+                parts.append(lambda r=_record(redo, None, None): [r])
+        if on_gpu:
+            p = extractor.submit(None, hashes=True, embed=embed, timer=timer, batch=batch)
+            parts.append(lambda p=p, ds=on_gpu: [
+                _record(d, f.hashes, f.embedding, f.error) for d, f in zip(ds, p.result())])
+    ok = [d for d in host if d.status == STATUS_OK]
+    if ok:
+        p = extractor.submit([d.pixels for d in ok], hashes=ok[0].hashes is None, embed=embed,
+                             timer=timer)
+        parts.append(lambda p=p, ds=ok: [
+            _record(d, d.hashes if d.hashes is not None else f.hashes, f.embedding, f.error)
+            for d, f in zip(ds, p.result())])
+    return lambda: [r for part in parts for r in part()]
 
 
 # ------------------------------------------------------------------ writer stage
@@ -307,8 +342,10 @@ def _plan(cfg: Config, device: "torch.device | None") -> DecodePlan:
                           keep_pixels=not parallel)
     from .device import hashes_in_workers
 
+    gpu = cfg.decode.engine == "gpu"
     return DecodePlan(cfg.decode.working_size, "RGB",
-                      hash_in_worker=hashes_in_workers(device, parallel), keep_pixels=True)
+                      hash_in_worker=hashes_in_workers(device, parallel) and not gpu,
+                      keep_pixels=True, gpu_decode=gpu)
 
 
 def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Config,
@@ -421,24 +458,30 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                 ok_items: list[Decoded] = []
                 bad: list[AssetRecord] = []
 
+                in_flight: list = []   # the batch launched last: finished after the next launch
+
                 def flush() -> None:
                     nonlocal device_items
-                    records = bad[:]
+                    if bad:
+                        emit(bad[:])
+                        bad.clear()
                     if ok_items:
-                        records += _featurise(ok_items, extractor, embed, timer)
+                        finish = _submit(ok_items[:], extractor, embed, plan, timer)
                         if extractor is not None:
                             device_items += len(ok_items)
                             metrics.batches += 1
-                    ok_items.clear()
-                    bad.clear()
-                    emit(records)
+                        ok_items.clear()
+                        # batch n+1 is on its way to the device before batch n is collected
+                        while in_flight:
+                            emit(in_flight.pop()())
+                        in_flight.append(finish)
 
                 stream = decode_stream(todo, plan, pool, workers, max_in_flight,
                                        cfg.decode.parallel_threshold, known)
                 t_wait = time.perf_counter()
                 for d in stream:
                     timer.add("decode", time.perf_counter() - t_wait)
-                    if d.status == STATUS_OK:
+                    if d.status in (STATUS_OK, STATUS_RAW):
                         ok_items.append(d)
                     elif d.status == STATUS_SAME:
                         same.append(d)
@@ -449,6 +492,8 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                     t_wait = time.perf_counter()
                 if ok_items or bad:
                     flush()
+                while in_flight:
+                    emit(in_flight.pop()())
         finally:
             writer.close()
 
@@ -463,8 +508,8 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                     recs.append(_copied_record(entries[d.path], d.content_hash,
                                                stored[d.content_hash]))
                 else:   # the original changed meanwhile: do it the slow way
-                    recs += _featurise(list(decode_stream(
-                        [entries[d.path]], plan, None, 1, 1, 0)), extractor, embed, timer)
+                    again = list(decode_stream([entries[d.path]], plan, None, 1, 1, 0))
+                    recs += _submit(again, extractor, embed, plan, timer)()
             for r in recs:
                 r.id = ids[r.path]
             with timer("write"):
