@@ -276,12 +276,16 @@ def report(args, rows, thr, emb, ns, big) -> str:
                      f"{r['hash_seq'] / r['hash']:.2f}x | {r['hash_rss']:.0f} | "
                      f"{r['full_rss']:.0f} | {r['n'] / r['full']:.1f} |")
     if len(rows) >= 2:
-        a, b = rows[-2], rows[-1]
-        scale = b["n"] / a["n"]
-        lines += ["", f"Scaling {a['n']:,} → {b['n']:,} files (x{scale:.0f}): full wall x"
-                  f"{b['full'] / a['full']:.2f}, no-embed wall x{b['hash'] / a['hash']:.2f}; "
-                  f"peak RSS full {a['full_rss']:.0f} → {b['full_rss']:.0f} MB "
-                  f"({(b['full_rss'] / a['full_rss'] - 1) * 100:+.1f}%)."]
+        b = rows[-1]
+        lines.append("")
+        for a in [r for r in rows[:-1] if r["n"] >= 1000]:
+            scale = b["n"] / a["n"]
+            marginal = (b["full"] - a["full"]) / (b["n"] - a["n"]) * 1000
+            lines.append(f"Scaling {a['n']:,} → {b['n']:,} files (x{scale:.1f}): full wall x"
+                         f"{b['full'] / a['full']:.2f} (marginal {marginal:.1f} ms/file), no-embed "
+                         f"wall x{b['hash'] / a['hash']:.2f}; peak RSS full {a['full_rss']:.0f} → "
+                         f"{b['full_rss']:.0f} MB ({(b['full_rss'] / a['full_rss'] - 1) * 100:+.1f}%), "
+                         f"no-embed {a['hash_rss']:.0f} → {b['hash_rss']:.0f} MB.")
         st = b["full_stages"]
         lines.append(f"Stage seconds of the {b['n']:,}-file full run: "
                      + ", ".join(f"{k} {v:.1f}" for k, v in st.items())
