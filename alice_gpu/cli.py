@@ -27,9 +27,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="GPU-accelerated perceptual hashes, embeddings and near-duplicate search "
                        "for large media collections.")
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line
 
-EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 DbOpt = typer.Option(None, "--db", help="Index folder (default: $ALICE_GPU_DB or "
                      "$XDG_DATA_HOME/alice-gpu/default).", show_default=False)
@@ -108,11 +108,21 @@ def index(
             progress.update(task, description="indexing", completed=ev.done, total=ev.total,
                             failed=ev.failed)
 
-    with progress:
-        summary = _run(api.index, [str(p) for p in paths], device=device,
-                       embed=False if no_embed else None, batch_size=batch_size,
-                       workers=workers, retry_failed=retry_failed, decode=decode,
-                       progress=on_progress)
+    from .pipeline import Interrupted
+
+    try:
+        with progress:
+            summary = _run(api.index, [str(p) for p in paths], device=device,
+                           embed=False if no_embed else None, batch_size=batch_size,
+                           workers=workers, retry_failed=retry_failed, decode=decode,
+                           progress=on_progress)
+    except Interrupted as stopped:
+        s = stopped.summary
+        if as_json:
+            _emit_json(s.to_dict())
+        err.print(f"interrupted: {s.decoded + s.reused + s.failed} files done and committed, "
+                  f"{s.pending} pending; run the same command again to finish", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if as_json:
         _emit_json(summary.to_dict())
     else:

@@ -14,10 +14,12 @@ import logging
 import multiprocessing
 import os
 import queue
+import signal
 import sys
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
@@ -57,6 +59,8 @@ class IndexSummary:
     files_per_second: float = 0.0
     embedded: int = 0
     reused: int = 0
+    pending: int = 0
+    interrupted: bool = False
     device: str = "cpu"
     workers: int = 1
     batch_size: int = 0
@@ -117,7 +121,11 @@ def _known_for(part: Sequence[FileEntry], known: dict[int, frozenset[str]]
 
 
 def _worker_init() -> None:
-    """One BLAS/OpenMP thread per decode worker: N workers on N cores, no spinning."""
+    """One BLAS/OpenMP thread per decode worker: N workers on N cores, no spinning.
+
+    Workers ignore Ctrl-C: the main process decides how a run stops.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         from threadpoolctl import threadpool_limits
 
@@ -360,16 +368,54 @@ def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Con
     roots = list(roots)
     workers = effective_workers(cfg.performance.max_workers)
     pool = start_pool(workers)
+    stop = threading.Event()
     try:
-        return _run(store, vectors, roots, cfg, device, progress, retry_failed, pool, t0)
+        with _stop_on_signals(stop):
+            summary = _run(store, vectors, roots, cfg, device, progress, retry_failed, pool, t0,
+                           stop)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
+    if summary.interrupted:
+        raise Interrupted(summary)
+    return summary
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM stopped a run after committing what was done (summary attached)."""
+
+    def __init__(self, summary: "IndexSummary"):
+        super().__init__(f"interrupted: {summary.decoded + summary.reused + summary.failed} "
+                         f"files done, {summary.pending} pending")
+        self.summary = summary
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop``: dispatch ends, what is done is committed, then exit 130."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {}
+
+    def handler(signum, frame) -> None:
+        if stop.is_set():           # a second Ctrl-C: the user really wants out
+            raise KeyboardInterrupt
+        log.warning("stopping: finishing the batches in flight and committing them")
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
          device: "torch.device | None", progress: ProgressFn | None, retry_failed: bool,
-         pool: ProcessPoolExecutor | None, t0: float) -> IndexSummary:
+         pool: ProcessPoolExecutor | None, t0: float, stop: threading.Event) -> IndexSummary:
     perf = cfg.performance
     embed = cfg.features.embed
     workers = effective_workers(perf.max_workers)
@@ -480,6 +526,9 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                                        cfg.decode.parallel_threshold, known)
                 t_wait = time.perf_counter()
                 for d in stream:
+                    if stop.is_set():
+                        stream.close()   # stop dispatch; queued decodes are cancelled
+                        break
                     timer.add("decode", time.perf_counter() - t_wait)
                     if d.status in (STATUS_OK, STATUS_RAW):
                         ok_items.append(d)
@@ -528,6 +577,8 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                 vectors.save()
 
         summary.reused = hits
+        summary.interrupted = stop.is_set()
+        summary.pending = total - done
         summary.decoded = done - failed - hits
         summary.failed = failed + len(writer.failed_rows)
         summary.embedded = writer.embedded
@@ -546,5 +597,6 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                                 if metrics.batches else 0.0)
     metrics.stage_seconds = timer.seconds
     summary.metrics = metrics.to_dict()
-    store.finish_run(run_id, asdict(summary), "ok" if summary.failed == 0 else "partial")
+    status = "interrupted" if summary.interrupted else ("ok" if summary.failed == 0 else "partial")
+    store.finish_run(run_id, asdict(summary), status)
     return summary

@@ -1,0 +1,87 @@
+"""Interrupts and concurrent use: nothing lost, nothing indexed twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import duckdb
+import pytest
+
+from alice_gpu.store import DB_FILE
+
+EXE = shutil.which("alice-gpu") or os.path.join(os.path.dirname(sys.executable), "alice-gpu")
+
+
+@pytest.fixture
+def photos_copy(tmp_path, photos):
+    root = tmp_path / "media"
+    root.mkdir()
+    for src in sorted((photos / "images").iterdir()):
+        shutil.copy2(src, root / src.name)
+    return root
+
+
+def _rows(db) -> list[str]:
+    con = duckdb.connect(str(db / DB_FILE), read_only=True)
+    try:
+        return [r[0] for r in con.execute("SELECT path FROM assets").fetchall()]
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_signal_commits_what_is_done_and_exits_130(photos_copy, tmp_path, sig):
+    db = tmp_path / "db"
+    proc = subprocess.Popen([EXE, "index", str(photos_copy), "--db", str(db), "--device", "cpu",
+                             "--batch-size", "20", "--workers", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (db / "manifest.json").exists():
+        time.sleep(0.05)                  # the store is open: the run starts now
+    time.sleep(2.5)                       # some batches are done, most are not
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    m = re.search(r"interrupted: (\d+) files done and committed, (\d+) pending", err)
+    assert m, err[-2000:]
+    done, pending = int(m.group(1)), int(m.group(2))
+    assert done + pending == 462 and 0 < done < 462
+    rows = _rows(db)
+    assert len(rows) == len(set(rows)) == done          # committed exactly what it said
+    again = subprocess.run([EXE, "index", str(photos_copy), "--db", str(db), "--json"],
+                           capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = json.loads(again.stdout)
+    assert (summary["unchanged"], summary["decoded"]) == (done, pending)
+    rows = _rows(db)
+    assert len(rows) == len(set(rows)) == 462
+
+
+def test_a_second_writer_is_refused_quickly_with_exit_3(photos_copy, tmp_path):
+    db = tmp_path / "db"
+    first = subprocess.Popen([EXE, "index", str(photos_copy), "--db", str(db), "--device", "cpu"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (db / DB_FILE).exists() and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        t = time.time()
+        second = subprocess.run([EXE, "index", str(photos_copy), "--db", str(db)],
+                                capture_output=True, text=True, timeout=60)
+        assert time.time() - t < 10
+        assert second.returncode == 3, second.stderr
+        assert "in use by another alice-gpu process" in second.stderr
+        busy = subprocess.run([EXE, "stats", "--db", str(db)], capture_output=True, text=True,
+                              timeout=60)
+        assert busy.returncode == 3 and "in use" in busy.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        first.wait(timeout=120)
