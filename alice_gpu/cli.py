@@ -20,7 +20,7 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
 from rich.table import Table
 
 from .config import load_config
-from .errors import (ConfigError, DeviceError, ModelError, QueryError, StoreError,
+from .errors import (ConfigError, DeviceError, ModelError, QueryError, StorageError, StoreError,
                      StoreLockedError)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -29,7 +29,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)  # messages stay one line
 
-EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_LOCKED, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 
 DbOpt = typer.Option(None, "--db", help="Index folder (default: $ALICE_GPU_DB or "
                      "$XDG_DATA_HOME/alice-gpu/default).", show_default=False)
@@ -63,6 +63,8 @@ def _run(fn, *args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
     except StoreLockedError as exc:
         raise _fail(str(exc), EXIT_LOCKED) from None
+    except StorageError as exc:
+        raise _fail(str(exc), EXIT_STORAGE) from None
     except (ConfigError, DeviceError, ModelError, QueryError, StoreError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
 

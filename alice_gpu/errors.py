@@ -32,3 +32,18 @@ class StoreError(AliceError, RuntimeError):
 
 class StoreLockedError(StoreError):
     """Another process holds the store."""
+
+
+class StorageError(StoreError):
+    """Writing the index failed (disk full, I/O error) after a safe rollback: exit 4."""
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Disk full or an I/O error: retrying row by row cannot help, and no file is to blame."""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
+        return True
+    text = str(exc).lower()
+    return any(s in text for s in ("no space left", "disk quota", "input/output error",
+                                   "read-only file system", "could not write", "failed to write"))

@@ -317,10 +317,13 @@ class _Writer(threading.Thread):
                 if batch is None:
                     return
                 continue
-            try:
-                if batch is None:
+            if batch is None:             # close(): commit the rest, then stop either way
+                try:
                     self._commit()
-                    return
+                except BaseException as exc:  # noqa: BLE001 - re-raised by close()
+                    self.error = exc
+                return
+            try:
                 self.pending.extend(batch)
                 if len(self.pending) >= self.transaction_size:
                     self._commit()

@@ -22,7 +22,7 @@ import numpy as np
 import pyarrow as pa
 
 from .decoding import STATUS_FAILED, STATUS_OK
-from .errors import StoreError, StoreLockedError
+from .errors import StorageError, StoreError, StoreLockedError, is_storage_failure
 from .config import HASH_NAMES as HASHES
 
 log = logging.getLogger(__name__)
@@ -201,14 +201,27 @@ class Store:
                              f"the backup is {backup}") from None
 
     def _init_schema(self) -> None:
-        self.con.execute(_schema_sql(self.dim))
-        self.con.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
-                         [str(SCHEMA_VERSION)])
-        self.con.execute("INSERT INTO meta VALUES ('model', ?) ON CONFLICT DO NOTHING", [self.model])
-        self.con.execute("INSERT INTO meta VALUES ('vectors_version', '0') ON CONFLICT DO NOTHING")
-        manifest = {"schema_version": SCHEMA_VERSION, "model": self.model, "dim": self.dim,
-                    "db": DB_FILE}
-        _atomic_write_text(self.folder / MANIFEST_FILE, json.dumps(manifest, indent=2) + "\n")
+        try:
+            if self._stored_version() is None:
+                self.con.execute(_schema_sql(self.dim))
+                self.con.execute("INSERT INTO meta VALUES ('schema_version', ?) "
+                                 "ON CONFLICT DO NOTHING", [str(SCHEMA_VERSION)])
+                self.con.execute("INSERT INTO meta VALUES ('model', ?) ON CONFLICT DO NOTHING",
+                                 [self.model])
+                self.con.execute("INSERT INTO meta VALUES ('vectors_version', '0') "
+                                 "ON CONFLICT DO NOTHING")
+            manifest = json.dumps({"schema_version": SCHEMA_VERSION, "model": self.model,
+                                   "dim": self.dim, "db": DB_FILE}, indent=2) + "\n"
+            path = self.folder / MANIFEST_FILE
+            if not path.exists() or path.read_text() != manifest:
+                _atomic_write_text(path, manifest)
+        except (OSError, duckdb.Error) as exc:
+            if is_storage_failure(exc):
+                self.close()
+                raise StorageError(f"could not write the index at {self.folder} "
+                                   f"({str(exc).splitlines()[0][:200]}); nothing was changed: "
+                                   f"free some space and run again") from None
+            raise
 
     def _check_schema(self) -> None:
         try:
@@ -394,6 +407,11 @@ class Store:
             return self._write(records, run_id, insert_size, bulk)
         except duckdb.Error as exc:
             self._rollback()
+            if is_storage_failure(exc):
+                raise StorageError(f"could not write the index at {self.folder} "
+                                   f"({str(exc).splitlines()[0][:200]}); the open transaction was "
+                                   f"rolled back and earlier data is intact: free some space and "
+                                   f"run the same command again") from None
             if len(records) == 1:
                 rec = records[0]
                 log.warning("database refused %s: %s", rec.path, exc)

@@ -18,6 +18,7 @@ import os
 
 import numpy as np
 
+from .errors import StorageError
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,7 @@ class VectorIndex:
         self.rebuilt = True
         try:
             self.save()   # also after a read-only open: the file is derived, not the store
-        except OSError as exc:
+        except (OSError, StorageError) as exc:
             log.info("could not save the rebuilt vector index (%s); using it in memory", exc)
         return index
 
@@ -130,8 +131,14 @@ class VectorIndex:
         if self.deferred or self.index is None:
             return
         tmp = self.path.with_name(f".{INDEX_FILE}.tmp")
-        _faiss().write_index(self.index, str(tmp))
-        os.replace(tmp, self.path)
+        try:
+            _faiss().write_index(self.index, str(tmp))
+            os.replace(tmp, self.path)
+        except (OSError, RuntimeError) as exc:   # FAISS reports I/O errors as RuntimeError
+            tmp.unlink(missing_ok=True)
+            raise StorageError(f"could not write the vector index {self.path} "
+                               f"({str(exc).splitlines()[0][-160:]}); the store is intact and "
+                               f"the index is rebuilt from it on next use") from None
         meta = {"version": self.store.vectors_version(), "dim": self.dim,
                 "count": int(self.index.ntotal), "model": self.store.model}
         stmp = self.sidecar.with_name(f".{SIDECAR_FILE}.tmp")

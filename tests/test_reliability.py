@@ -85,3 +85,48 @@ def test_a_second_writer_is_refused_quickly_with_exit_3(photos_copy, tmp_path):
     finally:
         first.send_signal(signal.SIGINT)
         first.wait(timeout=120)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs: a real full disk (needs root, as on this project's machines and CI)."""
+    mnt = tmp_path / "small_disk"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_full_disk_exits_4_keeps_earlier_data_and_resumes(small_disk, photos_copy, tmp_path):
+    db = small_disk / "db"
+    first = sorted(photos_copy.iterdir())[:5]
+    few = tmp_path / "few"
+    few.mkdir()
+    for p in first:
+        shutil.copy2(p, few / p.name)
+    ok = subprocess.run([EXE, "index", str(few), "--db", str(db), "--json"],
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    full = subprocess.run([EXE, "index", str(photos_copy), "--db", str(db)],
+                          capture_output=True, text=True, timeout=300)
+    assert full.returncode == 4, full.stderr[-2000:]
+    assert "No space left on device" in full.stderr and "earlier data is intact" in full.stderr
+    subprocess.run(["mount", "-o", "remount,size=256m", str(small_disk)], check=True)
+    stats = subprocess.run([EXE, "stats", "--db", str(db), "--json"], capture_output=True,
+                           text=True, timeout=120)
+    assert json.loads(stats.stdout)["assets"] == 5           # the earlier run is intact
+    resumed = subprocess.run([EXE, "index", str(photos_copy), "--db", str(db), "--json"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    summary = json.loads(resumed.stdout)
+    assert summary["decoded"] + summary["reused"] == 462 and summary["reused"] >= 5
+    rows = _rows(db)
+    assert len(rows) == len(set(rows)) == 462 + 5     # every file exactly once
+    sim = subprocess.run([EXE, "similar", str(first[0]), "--db", str(db), "--k", "1", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert json.loads(sim.stdout)["results"][0]["score"] > 0.999
