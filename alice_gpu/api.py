@@ -108,7 +108,7 @@ class AliceIndex:
     def index(self, paths: Iterable[str | os.PathLike[str]], *, device: str | None = None,
               embed: bool | None = None, batch_size: int | None = None,
               workers: int | None = None, retry_failed: bool = False,
-              decode: str | None = None,
+              decode: str | None = None, prune: bool = False,
               progress: ProgressFn | None = None) -> IndexSummary:
         """Add new and changed files under ``paths``; drop vanished ones.
 
@@ -127,7 +127,7 @@ class AliceIndex:
             if cfg.decode.engine == "gpu" and dev.type != "cuda":
                 raise ConfigError("--decode gpu needs a CUDA device (--device cuda)")
         with self._open(read_only=False) as store:
-            return run_index(store, VectorIndex(store), roots, cfg, dev, progress, retry_failed)
+            return run_index(store, VectorIndex(store), roots, cfg, dev, progress, retry_failed, prune)
 
     def similar(self, image: str | os.PathLike[str], *, k: int | None = None,
                 by: str = "embedding", device: str | None = None) -> "SimilarResult":

@@ -86,6 +86,8 @@ def index(
     no_embed: bool = typer.Option(False, "--no-embed", help="Hashes only, no embeddings."),
     retry_failed: bool = typer.Option(False, "--retry-failed",
                                       help="Also retry unchanged files that failed before."),
+    prune: bool = typer.Option(False, "--prune",
+                               help="Remove indexed files even when more than half vanished."),
     decode: Optional[str] = typer.Option(None, "--decode", show_default=False,
                                          help="cpu (Pillow, default) | gpu (nvJPEG for JPEGs; CUDA)."),
     as_json: bool = JsonOpt,
@@ -116,7 +118,7 @@ def index(
         with progress:
             summary = _run(api.index, [str(p) for p in paths], device=device,
                            embed=False if no_embed else None, batch_size=batch_size,
-                           workers=workers, retry_failed=retry_failed, decode=decode,
+                           workers=workers, retry_failed=retry_failed, decode=decode, prune=prune,
                            progress=on_progress)
     except Interrupted as stopped:
         s = stopped.summary
@@ -146,6 +148,9 @@ def index(
                       f"peak memory {m['memory_usage_mb']:.0f} MB, cache hit rate "
                       f"{m['cache_hit_rate']:.1%}, batch efficiency {m['batch_efficiency']:.1%}; "
                       f"stages: {stages}", markup=False)
+        if summary.removals_held:
+            err.print(f"{summary.removals_held} indexed files have vanished (more than half): "
+                      f"kept; run with --prune to remove them", markup=False)
         if summary.failed:
             err.print(f"{summary.failed} file(s) failed; first ones:", markup=False)
             for f in summary.failed_files[:5]:

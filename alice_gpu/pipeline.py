@@ -59,6 +59,7 @@ class IndexSummary:
     files_per_second: float = 0.0
     embedded: int = 0
     reused: int = 0
+    removals_held: int = 0
     pending: int = 0
     interrupted: bool = False
     device: str = "cpu"
@@ -359,9 +360,12 @@ def _plan(cfg: Config, device: "torch.device | None") -> DecodePlan:
                       keep_pixels=True, gpu_decode=gpu)
 
 
+MASS_REMOVAL_MIN = 20   # fewer vanished files than this are always removed
+
+
 def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Config,
               device: "torch.device | None" = None, progress: ProgressFn | None = None,
-              retry_failed: bool = False) -> IndexSummary:
+              retry_failed: bool = False, prune: bool = False) -> IndexSummary:
     """Index ``roots`` into ``store``: only new or changed files are decoded.
 
     ``device`` None means "select from ``cfg.device`` if the device is needed": a
@@ -375,7 +379,7 @@ def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Con
     try:
         with _stop_on_signals(stop):
             summary = _run(store, vectors, roots, cfg, device, progress, retry_failed, pool, t0,
-                           stop)
+                           stop, prune)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -418,7 +422,8 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
          device: "torch.device | None", progress: ProgressFn | None, retry_failed: bool,
-         pool: ProcessPoolExecutor | None, t0: float, stop: threading.Event) -> IndexSummary:
+         pool: ProcessPoolExecutor | None, t0: float, stop: threading.Event,
+         prune: bool = False) -> IndexSummary:
     perf = cfg.performance
     embed = cfg.features.embed
     workers = effective_workers(perf.max_workers)
@@ -448,7 +453,16 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                 vectors.defer()  # no current file: rebuilt from DuckDB on first use
         run_id = store.start_run(roots, summary.device, embed)
         summary.run_id = run_id
-        removed_ids = store.remove_paths(found.removed)
+        to_remove = found.removed
+        known_under = found.files_seen + len(found.removed)
+        if not prune and len(to_remove) > MASS_REMOVAL_MIN and len(to_remove) > known_under // 2:
+            # most of a root vanished: an unmounted share or a half-synced folder, most likely
+            log.warning("%d indexed files are gone (more than half of what was indexed under "
+                        "these roots); keeping them. Run with --prune to remove them.",
+                        len(to_remove))
+            summary.removals_held = len(to_remove)
+            to_remove = []
+        removed_ids = store.remove_paths(to_remove)
         summary.removed = len(removed_ids)
         if len(removed_ids):
             vectors.apply(removed_ids, np.zeros(0, np.int64), np.zeros((0, store.dim), np.float32))

@@ -130,3 +130,53 @@ def test_full_disk_exits_4_keeps_earlier_data_and_resumes(small_disk, photos_cop
     sim = subprocess.run([EXE, "similar", str(first[0]), "--db", str(db), "--k", "1", "--json"],
                          capture_output=True, text=True, timeout=120)
     assert json.loads(sim.stdout)["results"][0]["score"] > 0.999
+
+
+def test_mass_disappearance_needs_prune(tmp_path, photos):
+    import alice_gpu
+
+    media = tmp_path / "media"
+    media.mkdir()
+    for src in sorted((photos / "images").iterdir())[:30]:
+        shutil.copy2(src, media / src.name)
+    idx = alice_gpu.open_index(tmp_path / "db")
+    idx.index([media], embed=False)
+    for p in sorted(media.iterdir())[:25]:      # 25 of 30 gone: looks like a bad mount
+        p.unlink()
+    held = idx.index([media], embed=False)
+    assert (held.removed, held.removals_held) == (0, 25)
+    assert idx.stats()["assets"] == 30
+    pruned = idx.index([media], embed=False, prune=True)
+    assert pruned.removed == 25 and idx.stats()["assets"] == 5
+
+
+def test_deep_nesting_and_thousands_of_frames(tmp_path):
+    import alice_gpu
+    from PIL import Image
+
+    deep = tmp_path / "media"
+    d = deep
+    for i in range(300):                         # deeper than any recursion limit would like
+        d = d / "d"
+    d.mkdir(parents=True)
+    frames = [Image.new("P", (8, 8), i % 200) for i in range(3000)]
+    frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:], duration=10)
+    idx = alice_gpu.open_index(tmp_path / "db")
+    t = time.time()
+    summary = idx.index([deep], embed=False)
+    assert summary.decoded == 1 and summary.failed == 0
+    assert time.time() - t < 30                   # the first frame only, not 3,000
+
+
+def test_a_file_just_over_the_pixel_limit_is_a_failure(tmp_path):
+    from PIL import Image
+
+    from alice_gpu.decoding import STATUS_FAILED, decode_file
+    from alice_gpu.discovery import FileEntry
+
+    # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; we refuse at the warning
+    side = int((Image.MAX_IMAGE_PIXELS + 10_000) ** 0.5) + 1
+    path = tmp_path / "big.png"
+    Image.new("1", (side, side)).save(path, optimize=True)
+    d = decode_file(FileEntry(str(path), path.stat().st_size, 0), 64)
+    assert d.status == STATUS_FAILED and "DecompressionBomb" in d.error
