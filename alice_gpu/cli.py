@@ -70,7 +70,14 @@ def _run(fn, *args: Any, **kwargs: Any) -> Any:
 
 
 def _emit_json(doc: Any) -> None:
-    sys.stdout.write(json.dumps(doc, ensure_ascii=False, default=str) + "\n")
+    """One JSON document. A non-UTF-8 file name keeps its bytes as \\udcXX escapes
+    (Python's surrogateescape), so scripts get it back losslessly."""
+    text = json.dumps(doc, ensure_ascii=False, default=str)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(doc, ensure_ascii=True, default=str)
+    sys.stdout.write(text + "\n")
 
 
 @app.command()

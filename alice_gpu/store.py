@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -264,12 +265,13 @@ class Store:
             ok += " AND e.asset_id IS NOT NULL"
         sql += f" WHERE ({ok})" + ("" if retry_failed else " OR a.status <> 'ok'")
         cols = self.con.execute(sql).fetchnumpy()
-        return {p: (int(s), int(m)) for p, s, m in zip(cols["path"], cols["size"], cols["mtime_ns"])}
+        return {from_db(p): (int(s), int(m))
+                for p, s, m in zip(cols["path"], cols["size"], cols["mtime_ns"])}
 
     def path_ids(self) -> dict[str, int]:
         """Every stored path with its id (ids are kept when a file changes)."""
         cols = self.con.execute("SELECT path, id FROM assets").fetchnumpy()
-        return dict(zip(cols["path"].tolist(), cols["id"].tolist()))
+        return {from_db(p): i for p, i in zip(cols["path"].tolist(), cols["id"].tolist())}
 
     def has_assets(self) -> bool:
         return bool(self.con.execute("SELECT count(*) FROM (SELECT 1 FROM assets LIMIT 1)"
@@ -323,9 +325,10 @@ class Store:
         return int(self.con.execute("SELECT coalesce(max(id), 0) FROM assets").fetchall()[0][0])
 
     def asset(self, path: str) -> dict[str, Any] | None:
-        cur = self.con.execute(f"SELECT {', '.join(_ASSET_COLUMNS)} FROM assets WHERE path = ?", [path])
+        cur = self.con.execute(f"SELECT {', '.join(_ASSET_COLUMNS)} FROM assets WHERE path = ?",
+                               [to_db(path)])
         row = _first(cur.fetchall())
-        return dict(zip(_ASSET_COLUMNS, row)) if row else None
+        return _row(row) if row else None
 
     def assets_by_ids(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
         ids = [int(i) for i in ids]
@@ -335,7 +338,7 @@ class Store:
         try:
             cur = self.con.execute(f"SELECT {', '.join('a.' + c for c in _ASSET_COLUMNS)} "
                                    f"FROM assets a JOIN _q USING (id)")
-            return {row[0]: dict(zip(_ASSET_COLUMNS, row)) for row in cur.fetchall()}
+            return {row[0]: _row(row) for row in cur.fetchall()}
         finally:
             self.con.unregister("_q")
 
@@ -365,9 +368,9 @@ class Store:
         return None if row is None else np.asarray(row[0], dtype=np.float32)
 
     def failed_in_run(self, run_id: int) -> list[tuple[str, str]]:
-        return self.con.execute("SELECT path, coalesce(error, '') FROM assets "
-                                "WHERE run_id = ? AND status <> 'ok' ORDER BY path",
-                                [run_id]).fetchall()
+        return [(from_db(p), e) for p, e in self.con.execute(
+            "SELECT path, coalesce(error, '') FROM assets WHERE run_id = ? AND status <> 'ok' "
+            "ORDER BY path", [run_id]).fetchall()]
 
     def vectors_version(self) -> int:
         row = _first(self.con.execute(
@@ -392,7 +395,7 @@ class Store:
             "last_run": None if last is None else dict(zip(
                 ("id", "finished_at", "files_seen", "decoded", "unchanged", "failed",
                  "removed", "seconds"), (*last[:1], str(last[1]), *last[2:]))),
-            "failed_files": [{"path": p, "error": e} for p, e in errors],
+            "failed_files": [{"path": from_db(p), "error": e} for p, e in errors],
         }
 
     # ------------------------------------------------------------ writes
@@ -456,7 +459,7 @@ class Store:
         now = time.time()
         assets = pa.table({
             "id": pa.array(ids, pa.int64()),
-            "path": pa.array([r.path for r in records], pa.string()),
+            "path": pa.array([to_db(r.path) for r in records], pa.string()),
             "size": pa.array([r.size for r in records], pa.int64()),
             "mtime_ns": pa.array([r.mtime_ns for r in records], pa.int64()),
             "width": pa.array([r.width for r in records], pa.int32()),
@@ -504,7 +507,7 @@ class Store:
         """Delete vanished files (and their embeddings); returns their ids."""
         if not paths:
             return np.zeros(0, np.int64)
-        tbl = pa.table({"path": pa.array(list(paths), pa.string())})
+        tbl = pa.table({"path": pa.array([to_db(p) for p in paths], pa.string())})
         con = self.con
         con.register("_gone", tbl)
         try:
@@ -542,6 +545,36 @@ class Store:
     def run_metrics(self, run_id: int) -> dict[str, Any] | None:
         row = _first(self.con.execute("SELECT metrics FROM runs WHERE id = ?", [run_id]).fetchall())
         return json.loads(row[0]) if row and row[0] else None
+
+
+_RAW = "raw:"   # stored paths that are not UTF-8: "raw:" + bytes, \xNN-escaped (never "/...")
+
+
+def to_db(path: str) -> str:
+    """The stored form of a path: itself, or a lossless escaped form for non-UTF-8 names."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        raw = os.fsencode(path).replace(b"\\", b"\\\\")
+        return _RAW + raw.decode("utf-8", "backslashreplace")
+
+
+def from_db(text: str) -> str:
+    """Inverse of :func:`to_db`: the path as the OS gives it (surrogate-escaped bytes)."""
+    if not text.startswith(_RAW):
+        return text
+    body = text[len(_RAW):].encode("utf-8")
+    raw = re.sub(rb"\\(\\|x[0-9a-f]{2})",
+                 lambda m: b"\\" if m.group(1) == b"\\" else bytes([int(m.group(1)[1:], 16)]),
+                 body)
+    return os.fsdecode(raw)
+
+
+def _row(row: tuple) -> dict[str, Any]:
+    out = dict(zip(_ASSET_COLUMNS, row))
+    out["path"] = from_db(out["path"])
+    return out
 
 
 def _first(rows: list[tuple]) -> tuple | None:

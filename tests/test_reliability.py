@@ -39,13 +39,17 @@ def _rows(db) -> list[str]:
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_commits_what_is_done_and_exits_130(photos_copy, tmp_path, sig):
     db = tmp_path / "db"
+    cfg = tmp_path / "commits.yaml"    # small transactions: progress is visible on disk
+    cfg.write_text("performance:\n  batch_size: 20\n  transaction_size: 20\n")
     proc = subprocess.Popen([EXE, "index", str(photos_copy), "--db", str(db), "--device", "cpu",
-                             "--batch-size", "20", "--workers", "2"], stdout=subprocess.PIPE,
+                             "--config", str(cfg), "--workers", "2"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (db / "manifest.json").exists():
-        time.sleep(0.05)                  # the store is open: the run starts now
-    time.sleep(2.5)                       # some batches are done, most are not
+    wal = db / (DB_FILE + ".wal")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if wal.exists() and wal.stat().st_size > 60_000:   # a few 20-row commits have landed
+            break
+        time.sleep(0.05)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
@@ -180,3 +184,29 @@ def test_a_file_just_over_the_pixel_limit_is_a_failure(tmp_path):
     Image.new("1", (side, side)).save(path, optimize=True)
     d = decode_file(FileEntry(str(path), path.stat().st_size, 0), 64)
     assert d.status == STATUS_FAILED and "DecompressionBomb" in d.error
+
+
+def test_non_utf8_file_names_are_stored_losslessly_and_shown_readably(tmp_path, photos):
+    from typer.testing import CliRunner
+
+    import alice_gpu
+    from alice_gpu.cli import app
+
+    media = tmp_path / "media"
+    media.mkdir()
+    src = sorted((photos / "images").iterdir())[0]
+    odd = os.fsencode(str(media)) + b"/caf\xe9 \\x41.jpg"       # Latin-1 byte and a backslash
+    shutil.copy2(src, odd)
+    shutil.copy2(src, media / "plain.jpg")
+    idx = alice_gpu.open_index(tmp_path / "db")
+    summary = idx.index([media], embed=False)
+    assert summary.decoded == 2 and summary.failed == 0
+    paths = {os.fsencode(m.path) for m in idx.similar(media / "plain.jpg", k=2, by="phash").results}
+    assert odd in paths                                            # the exact bytes come back
+    res = CliRunner().invoke(app, ["duplicates", "--db", str(tmp_path / "db")])
+    assert res.exit_code == 0 and "caf\\xe9" in res.stdout    # the odd byte shown escaped
+    res = CliRunner().invoke(app, ["duplicates", "--db", str(tmp_path / "db"), "--json"])
+    doc = json.loads(res.stdout)
+    assert odd in {os.fsencode(f["path"]) for f in doc["groups"][0]["files"]}
+    os.remove(odd)
+    assert idx.index([media], embed=False).removed == 1
