@@ -61,6 +61,7 @@ class DecodeConfig:
     parallel_threshold: int = 48
     prefetch_batches: int = 2
     engine: str = "cpu"            # cpu (Pillow in the workers) | gpu (nvJPEG for JPEGs; CUDA only)
+    timeout_seconds: float = 60.0  # per file, in the workers: a slower file is recorded as failed
 
     def validate(self) -> None:
         _check(32 <= self.working_size <= 1024, "decode.working_size must be in 32..1024")
@@ -68,6 +69,7 @@ class DecodeConfig:
         _check(self.parallel_threshold >= 0, "decode.parallel_threshold must be >= 0")
         _check(self.prefetch_batches >= 1, "decode.prefetch_batches must be >= 1")
         _check(self.engine in ("cpu", "gpu"), "decode.engine must be cpu or gpu")
+        _check(self.timeout_seconds > 0, "decode.timeout_seconds must be > 0")
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Sequence
 
@@ -139,33 +141,66 @@ def _noop() -> None:
     return None
 
 
-def start_pool(workers: int) -> ProcessPoolExecutor | None:
-    """Start the decode workers now, while this process is still small and single-purpose.
+class DecodePool:
+    """The decode worker processes, restartable after a worker dies or hangs."""
 
-    They are forked before torch is imported or any pipeline thread runs, so they
-    start in milliseconds and inherit no torch or thread state; where fork is not
-    available, a fork server (a clean interpreter with the decode modules loaded)
-    does the same more slowly.
-    """
-    if workers <= 1:
-        return None
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    if method == "fork" and "torch" in sys.modules:
-        method = "forkserver"
-    ctx = multiprocessing.get_context(method)
-    if method == "forkserver":
-        ctx.set_forkserver_preload(["alice_gpu.hashing_cpu"])
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_worker_init)
-    pool.submit(_noop)  # starts all workers now
-    return pool
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.restarts = 0
+        self.executor = self._start()
+
+    def _start(self) -> ProcessPoolExecutor:
+        """Fork now, while this process is still small and single-purpose.
+
+        Workers forked before torch is imported or any pipeline thread runs start in
+        milliseconds and inherit no torch or thread state; after that (a restart),
+        or where fork is missing, a fork server (a clean interpreter with the decode
+        modules loaded) does the same more slowly.
+        """
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        if method == "fork" and ("torch" in sys.modules or threading.active_count() > 1):
+            method = "forkserver"
+        method = os.environ.get("ALICE_GPU_START_METHOD", method)   # fork | forkserver | spawn
+        ctx = multiprocessing.get_context(method)
+        if method == "forkserver":
+            ctx.set_forkserver_preload(["alice_gpu.hashing_cpu"])
+        executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx,
+                                       initializer=_worker_init)
+        executor.submit(_noop)  # starts all workers now
+        return executor
+
+    def submit(self, *args) -> Future:
+        return self.executor.submit(*args)
+
+    def kill(self) -> None:
+        """Stop a hung pool: its workers are killed, pending work fails as broken."""
+        for proc in list(getattr(self.executor, "_processes", {}).values()):
+            proc.kill()
+
+    def restart(self) -> None:
+        self.kill()
+        self.executor.shutdown(wait=True, cancel_futures=True)
+        self.restarts += 1
+        self.executor = self._start()
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        self.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
-def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: ProcessPoolExecutor | None,
+def start_pool(workers: int) -> DecodePool | None:
+    return DecodePool(workers) if workers > 1 else None
+
+
+def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: DecodePool | None,
                   workers: int, max_in_flight: int, parallel_threshold: int,
-                  known: dict[int, frozenset[str]] | None = None) -> Iterator[Decoded]:
+                  known: dict[int, frozenset[str]] | None = None,
+                  timeout: float = 60.0) -> Iterator[Decoded]:
     """Decoded files in input order, with at most ``max_in_flight`` files decoded ahead.
 
     Jobs smaller than ``parallel_threshold`` (or without a pool) are decoded in-process.
+    A worker that dies (a file that crashes the decoder) or a chunk that takes more
+    than ``timeout`` seconds per file breaks the pool: it is restarted, the files in
+    flight are retried one by one, and only the culprit is recorded as failed.
     """
     args = (plan.working_size, plan.keep_pixels, plan.mode, plan.hash_in_worker)
     known = known or {}
@@ -174,24 +209,56 @@ def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: ProcessP
             yield from decode_and_hash([e], *args, _known_for([e], known), plan.gpu_decode)
         return
     chunk = max(1, min(16, max_in_flight // (2 * workers)))
-    pending: deque[Future[list[Decoded]]] = deque()
+
+    def submit(part: Sequence[FileEntry]) -> tuple[Sequence[FileEntry], Future]:
+        return part, pool.submit(decode_and_hash, part, *args, _known_for(part, known),
+                                 plan.gpu_decode)
+
+    def one_by_one(parts: list[Sequence[FileEntry]]) -> Iterator[Decoded]:
+        for entry in (e for part in parts for e in part):
+            _, fut = submit([entry])
+            try:
+                yield from fut.result(timeout=timeout + 5)
+            except (BrokenProcessPool, FuturesTimeout) as exc:
+                hung = isinstance(exc, FuturesTimeout)
+                log.warning("%s %s; restarting the decode workers",
+                            "decoding timed out on" if hung else "the decoder died on", entry.path)
+                pool.restart()
+                reason = (f"decode timeout: more than {timeout:g} s" if hung
+                          else "decoder crashed (its worker process died)")
+                yield Decoded(entry.path, entry.size, entry.mtime_ns, STATUS_FAILED, reason)
+
+    pending: deque[tuple[Sequence[FileEntry], Future]] = deque()
     it = _chunks(entries, chunk)
     max_chunks = max(workers, max_in_flight // chunk)
     for part in it:
-        pending.append(pool.submit(decode_and_hash, part, *args, _known_for(part, known),
-                                   plan.gpu_decode))
+        pending.append(submit(part))
         if len(pending) >= max_chunks:
             break
     try:
         while pending:
-            results = pending.popleft().result()
+            part, fut = pending.popleft()
+            try:
+                results = fut.result(timeout=timeout * len(part) + 5)
+            except (BrokenProcessPool, FuturesTimeout) as exc:
+                if isinstance(exc, FuturesTimeout):
+                    pool.kill()
+                parts = [part] + [p for p, f in pending]
+                pending.clear()
+                pool.restart()
+                yield from one_by_one(parts)
+                for _ in range(max_chunks):
+                    nxt = next(it, None)
+                    if nxt is None:
+                        break
+                    pending.append(submit(nxt))
+                continue
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(decode_and_hash, nxt, *args, _known_for(nxt, known),
-                                           plan.gpu_decode))
+                pending.append(submit(nxt))
             yield from results
     finally:
-        for f in pending:
+        for _, f in pending:
             f.cancel()
 
 
@@ -422,7 +489,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
          device: "torch.device | None", progress: ProgressFn | None, retry_failed: bool,
-         pool: ProcessPoolExecutor | None, t0: float, stop: threading.Event,
+         pool: DecodePool | None, t0: float, stop: threading.Event,
          prune: bool = False) -> IndexSummary:
     perf = cfg.performance
     embed = cfg.features.embed
@@ -540,7 +607,8 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                         in_flight.append(finish)
 
                 stream = decode_stream(todo, plan, pool, workers, max_in_flight,
-                                       cfg.decode.parallel_threshold, known)
+                                       cfg.decode.parallel_threshold, known,
+                                       cfg.decode.timeout_seconds)
                 t_wait = time.perf_counter()
                 for d in stream:
                     if stop.is_set():

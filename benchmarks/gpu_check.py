@@ -112,7 +112,7 @@ def stage_timings(device, n_files: int, tmp: Path, cpu_only: bool) -> dict:
     t = time.perf_counter()
     chunks = [entries[i:i + 32] for i in range(0, len(entries), 32)]
     decoded = []
-    for part in (pool.map(decode_many, chunks, [256] * len(chunks)) if pool else map(
+    for part in (pool.executor.map(decode_many, chunks, [256] * len(chunks)) if pool else map(
             decode_many, chunks, [256] * len(chunks))):
         decoded += part
     out["decode_cpu"] = len(entries) / (time.perf_counter() - t)

@@ -210,3 +210,41 @@ def test_non_utf8_file_names_are_stored_losslessly_and_shown_readably(tmp_path, 
     assert odd in {os.fsencode(f["path"]) for f in doc["groups"][0]["files"]}
     os.remove(odd)
     assert idx.index([media], embed=False).removed == 1
+
+
+@pytest.mark.parametrize("fault", ["crash", "hang"])
+def test_a_file_that_kills_or_hangs_its_decoder_is_the_only_casualty(tmp_path, photos, fault,
+                                                                     monkeypatch):
+    """The pool recovers, innocent files in flight are retried, only the culprit is recorded."""
+    import alice_gpu
+    import alice_gpu.hashing_cpu as hc
+    from alice_gpu.config import load_config
+
+    media = tmp_path / "media"
+    media.mkdir()
+    for src in sorted((photos / "images").iterdir())[:80]:
+        shutil.copy2(src, media / src.name)
+    culprit = sorted(media.iterdir())[37]
+    parent = os.getpid()
+    real = hc.decode_file
+
+    def faulty(entry, *a, **k):      # inherited by the forked workers
+        if entry.path == str(culprit) and os.getpid() != parent:
+            if fault == "crash":
+                os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(600)
+        return real(entry, *a, **k)
+
+    monkeypatch.setattr(hc, "decode_file", faulty)
+    monkeypatch.setenv("ALICE_GPU_START_METHOD", "fork")   # workers inherit the fault
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("performance:\n  max_workers: 2\n  batch_size: 20\ndecode:\n  timeout_seconds: 1\n"
+                   "  parallel_threshold: 8\n")
+    idx = alice_gpu.open_index(tmp_path / "db", config=load_config(cfg))
+    t = time.time()
+    summary = idx.index([media], embed=False)
+    assert time.time() - t < 120
+    assert (summary.decoded, summary.failed) == (79, 1)
+    assert [f.path for f in summary.failed_files] == [str(culprit)]
+    reason = summary.failed_files[0].error
+    assert ("crashed" in reason) if fault == "crash" else ("timeout" in reason)
