@@ -16,6 +16,20 @@
 #define THREADS 256
 #define BINS 65
 
+// two hashes with one 16-byte load when aligned (the usual case), else two 8-byte loads
+__device__ __forceinline__ ulonglong2 load2(const unsigned long long* __restrict__ codes,
+                                           const long long c, const long long n)
+{
+    ulonglong2 v;
+    if (c + 1 < n && ((reinterpret_cast<size_t>(codes + c) & 15) == 0)) {
+        v = *reinterpret_cast<const ulonglong2*>(codes + c);
+    } else {
+        v.x = codes[c];
+        v.y = (c + 1 < n) ? codes[c + 1] : 0ULL;
+    }
+    return v;
+}
+
 extern "C" __global__ void hamming_histogram(const unsigned long long* __restrict__ codes,
                                              const long long n,
                                              const unsigned long long* __restrict__ queries,
@@ -31,13 +45,7 @@ extern "C" __global__ void hamming_histogram(const unsigned long long* __restric
     const long long pair = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     const long long c = 2 * pair;
     if (c < n) {
-        ulonglong2 v;
-        if (c + 1 < n && ((reinterpret_cast<size_t>(codes + c) & 15) == 0)) {
-            v = *reinterpret_cast<const ulonglong2*>(codes + c);
-        } else {
-            v.x = codes[c];
-            v.y = (c + 1 < n) ? codes[c + 1] : 0ULL;
-        }
+        const ulonglong2 v = load2(codes, c, n);
         atomicAdd(&local[__popcll(query ^ v.x)], 1u);
         if (c + 1 < n) atomicAdd(&local[__popcll(query ^ v.y)], 1u);
     }
@@ -65,13 +73,7 @@ extern "C" __global__ void hamming_select(const unsigned long long* __restrict__
 
     const long long c = 2 * ((long long)blockIdx.x * blockDim.x + threadIdx.x);
     if (c < n) {
-        ulonglong2 v;
-        if (c + 1 < n && ((reinterpret_cast<size_t>(codes + c) & 15) == 0)) {
-            v = *reinterpret_cast<const ulonglong2*>(codes + c);
-        } else {
-            v.x = codes[c];
-            v.y = (c + 1 < n) ? codes[c + 1] : 0ULL;
-        }
+        const ulonglong2 v = load2(codes, c, n);
         const int d0 = __popcll(query ^ v.x);
         if (d0 <= cutoff) {
             const unsigned int s = atomicAdd(&m, 1u);

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 
 from alice_gpu.discovery import discover, is_media, walk
 
@@ -32,6 +33,11 @@ def test_special_files_and_symlinks_are_not_followed(tmp_path):
     sock.bind(str(tmp_path / "sock.jpg"))
     os.symlink(tmp_path / "real.jpg", tmp_path / "link.jpg")
     os.symlink(tmp_path, tmp_path / "loop")          # a loop if followed
+    os.symlink("/etc", tmp_path / "escape")          # a link out of the root
+    try:
+        os.mknod(tmp_path / "dev.jpg", 0o600 | stat.S_IFCHR, os.makedev(1, 3))  # like /dev/null
+    except PermissionError:
+        pass                                         # not root: the other cases still run
     try:
         names = [os.path.basename(e.path) for e in walk([tmp_path])]
     finally:
