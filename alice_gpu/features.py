@@ -14,8 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .device import (Stager, free_cached_memory, is_out_of_memory, model_batch_size,
-                     synchronize, to_device)
+from .device import Stager, free_cached_memory, is_out_of_memory, model_batch_size
 from .embedding import EmbeddingModel, create_model
 from .hashing import compute_hashes, to_uint64
 from .metrics import StageTimer
@@ -134,13 +133,3 @@ class FeatureExtractor:
                 timer: StageTimer | None = None) -> list[Features]:
         """Features per image; a failing batch is halved (out of memory) or split per image."""
         return self.submit(pixels, hashes, embed, timer).result()
-
-    def compute(self, host_batch: torch.Tensor, hashes: bool = True, embed: bool = True,
-                timer: StageTimer | None = None
-                ) -> tuple[dict[str, np.ndarray] | None, np.ndarray | None]:
-        """(hashes name → uint64, embeddings) of an NHWC host batch; used by checks and tests."""
-        dev = to_device(host_batch, self.device)
-        got, emb = self._launch(dev, hashes, embed)
-        synchronize(self.device)
-        return (None if got is None else {k: to_uint64(v) for k, v in got.items()},
-                None if emb is None else emb.float().cpu().numpy())

@@ -20,7 +20,6 @@ import numpy as np
 from .decoding import STATUS_OK, Decoded, decode_file
 from .discovery import FileEntry
 
-HASH_NAMES = ("ahash", "dhash", "phash", "whash")
 _WEIGHTS = np.array([19595, 38470, 7471], dtype=np.int32)
 _BIT_WEIGHTS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64))
 
