@@ -55,7 +55,7 @@ class DecodeConfig:
     """How files become fixed-size uint8 RGB images on CPU workers."""
 
     working_size: int = 256
-    hash_size: int = 128           # working size of hash-only runs (JPEG draft goes straight there)
+    hash_size: int = 64            # working size of hash-only runs; JPEGs are drafted to >= 2x this
     # jobs with fewer files than this are decoded in-process (no pool start-up);
     # measured by benchmarks/bench_throughput.py (see RESULTS.md)
     parallel_threshold: int = 48

@@ -17,7 +17,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .decoding import STATUS_OK, Decoded, decode_file
+from .decoding import STATUS_OK, Decoded, DecodePlan, decode_file
 from .discovery import FileEntry
 
 _WEIGHTS = np.array([19595, 38470, 7471], dtype=np.int32)
@@ -107,25 +107,24 @@ def hashes(pixels: np.ndarray) -> dict[str, np.ndarray]:
     return {k: pack_bits(v) for k, v in hash_bits(gray).items()}
 
 
-def decode_and_hash(entries: Sequence[FileEntry], working_size: int, keep_pixels: bool = True,
-                    mode: str = "RGB", hash_here: bool = True,
-                    known: dict[int, frozenset[str]] | None = None,
-                    raw_jpeg: bool = False) -> list[Decoded]:
-    """Worker entry point: decode, hash on the spot (``hash_here``), drop unneeded pixels.
+def decode_and_hash(entries: Sequence[FileEntry], plan: DecodePlan,
+                    known: dict[int, frozenset[str]] | None = None) -> list[Decoded]:
+    """Worker entry point: decode, hash on the spot (``plan.hash_in_worker``), drop pixels.
 
     ``known`` maps a file size to the content hashes of indexed files of that size:
     a byte-identical file is recognised after reading it, and not decoded.
     """
     known = known or {}
     empty: frozenset[str] = frozenset()
-    out = [decode_file(entry, working_size, mode, known.get(entry.size, empty), raw_jpeg)
+    out = [decode_file(entry, plan.working_size, plan.mode, known.get(entry.size, empty),
+                       plan.gpu_decode, plan.draft_size)
            for entry in entries]
     ok = [d for d in out if d.status == STATUS_OK]
-    if hash_here and ok:
+    if plan.hash_in_worker and ok:
         batch = hashes(np.stack([d.pixels for d in ok]))   # one vectorised pass per chunk
         for i, d in enumerate(ok):
             d.hashes = {k: int(v[i]) for k, v in batch.items()}
-    if not keep_pixels:
+    if not plan.keep_pixels:
         for d in ok:
             d.pixels = None
     return out

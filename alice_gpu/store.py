@@ -28,7 +28,7 @@ from .config import HASH_NAMES as HASHES
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_FILE = "alice.duckdb"
 MANIFEST_FILE = "manifest.json"
 
@@ -110,6 +110,9 @@ CREATE TABLE IF NOT EXISTS runs (
 _MIGRATIONS = {
     1: ["ALTER TABLE assets ADD COLUMN content_hash VARCHAR",
         "ALTER TABLE runs ADD COLUMN metrics VARCHAR"],
+    # content hashes were blake2b-128 up to schema 2 and are SHA-256 since: an old value
+    # can never match a new one, so it is dropped (a file re-read later gets a new one)
+    2: ["UPDATE assets SET content_hash = NULL"],
 }
 
 
@@ -501,7 +504,9 @@ class Store:
             con.execute("COMMIT")
         finally:
             con.unregister("_ids")
-        return WriteResult(len(records), [], emb_ids, emb_mat, ids)
+        # the vector index only cares when a vector was added or dropped
+        touched = ids if (len(emb_rows) or had_vec) else np.zeros(0, np.int64)
+        return WriteResult(len(records), [], emb_ids, emb_mat, touched)
 
     def remove_paths(self, paths: Sequence[str]) -> np.ndarray:
         """Delete vanished files (and their embeddings); returns their ids."""

@@ -144,7 +144,8 @@ def threshold(workers: int, tmp: Path) -> list[tuple[int, float, float]]:
     """In-process vs pool decode for small jobs: where the pool starts to pay."""
     sys.path.insert(0, str(REPO))
     from alice_gpu.discovery import walk
-    from alice_gpu.pipeline import DecodePlan, decode_stream, start_pool
+    from alice_gpu.decoding import DecodePlan
+    from alice_gpu.pipeline import decode_stream, start_pool
 
     folder = make_set(PHOTOS, 200, tmp / "thr")
     entries = list(walk([folder]))

@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from alice_gpu.discovery import FileEntry, walk  # noqa: E402
+from alice_gpu.decoding import DecodePlan  # noqa: E402
 from alice_gpu.hashing_cpu import decode_and_hash  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
@@ -98,7 +99,8 @@ def run(seconds: float, timeout: int, workdir: Path) -> None:
         path.write_bytes(data)
         signal.alarm(timeout)
         try:
-            out = decode_and_hash([FileEntry(str(path), len(data), 0)], size, True, mode)
+            out = decode_and_hash([FileEntry(str(path), len(data), 0)],
+                                      DecodePlan(size, mode, hash_in_worker=True))
         except Hang:
             raise AssertionError(f"hang > {timeout}s on a mutation of seed {i}")
         finally:

@@ -134,13 +134,21 @@ def test_compatibility_with_imagehash_on_real_photos(photo_set, reference_hashes
 
 
 def test_hash_only_decode_path_keeps_compatibility(photo_set, reference_hashes):
-    """--no-embed decodes luma straight from the JPEG decoder at 128 px: same contract."""
+    """--no-embed decodes luma straight from the JPEG decoder (DCT scale >= 128 px, then
+    64 px): the same contract."""
+    from dataclasses import replace
+
+    from alice_gpu.config import Config
     from alice_gpu.discovery import FileEntry
     from alice_gpu.hashing_cpu import decode_and_hash
+    from alice_gpu.pipeline import decode_plan
 
     _, paths, _ = photo_set
-    decoded = decode_and_hash([FileEntry(p, 0, 0) for p in paths], 128, keep_pixels=False,
-                              mode="L")
+    cfg = Config()
+    cfg = replace(cfg, features=replace(cfg.features, embed=False))   # --no-embed
+    plan = decode_plan(cfg, None)
+    assert (plan.mode, plan.working_size, plan.draft_size, plan.hash_in_worker) == ("L", 64, 128, True)
+    decoded = decode_and_hash([FileEntry(p, 0, 0) for p in paths], plan)
     ours = {name: [d.hashes[name] for d in decoded] for name in REFERENCE}
     within2 = _within2(ours, reference_hashes)
     assert within2["phash"] >= 0.99 and within2["ahash"] >= 0.99, within2

@@ -13,9 +13,10 @@ import yaml
 import alice_gpu
 from alice_gpu.config import load_config
 from alice_gpu.features import FeatureExtractor
-from alice_gpu.pipeline import DecodePlan, decode_stream, start_pool
+from alice_gpu.decoding import DecodePlan
+from alice_gpu.pipeline import decode_stream, start_pool
 from alice_gpu.discovery import walk
-from alice_gpu.store import DB_FILE, Store
+from alice_gpu.store import DB_FILE, SCHEMA_VERSION, STATUS_OK, AssetRecord, Store
 
 
 @pytest.fixture
@@ -175,10 +176,35 @@ def test_schema_1_is_migrated_with_a_backup(tmp_path):
     with pytest.raises(Exception, match="run `alice-gpu index` once"):
         Store(folder, model="test", dim=4, read_only=True)
     with Store(folder, model="test", dim=4) as store:
-        assert store._stored_version() == 2
+        assert store._stored_version() == SCHEMA_VERSION == 3
         cols = {r[0] for r in store.con.execute("DESCRIBE assets").fetchall()}
         assert "content_hash" in cols
     assert (folder / f"{DB_FILE}.v1.bak").exists()
+
+
+def test_schema_2_blake2b_content_hashes_are_dropped_with_a_backup(tmp_path):
+    """Schema 2 stored blake2b-128 content hashes; SHA-256 values could never match them."""
+    folder = tmp_path / "v2"
+    with Store(folder, model="test", dim=4) as store:
+        store.write_batch([AssetRecord("/x/a.jpg", 10, 1, STATUS_OK, width=8, height=8,
+                                       format="JPEG", id=1, content_hash="ab" * 16)])
+    con = duckdb.connect(str(folder / DB_FILE))
+    con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    con.close()
+    with Store(folder, model="test", dim=4) as store:
+        assert store._stored_version() == 3
+        assert store.con.execute("SELECT path, content_hash FROM assets").fetchall() == [
+            ("/x/a.jpg", None)]
+    assert (folder / f"{DB_FILE}.v2.bak").exists()
+
+
+def test_content_hash_is_the_sha256_users_can_check(photos):
+    import hashlib
+
+    from alice_gpu.decoding import decode_path
+
+    src = sorted((photos / "images").iterdir())[0]
+    assert decode_path(str(src), 64).content_hash == hashlib.sha256(src.read_bytes()).hexdigest()
 
 
 def test_out_of_memory_halves_the_batch_and_never_fails_files(monkeypatch):
