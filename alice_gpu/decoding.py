@@ -12,20 +12,32 @@ import io
 import logging
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile
 
+from . import jpeg
 from .discovery import FileEntry
 
 log = logging.getLogger(__name__)
 
 # Formats we open; everything else (EPS/Ghostscript, PDF, ...) is refused unopened.
-Image.init()  # register every plugin, so the allowlist can name them
-ALLOWED_FORMATS = tuple(f for f in ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF",
-                                    "AVIF", "PPM", "TGA", "ICO") if f in Image.OPEN)
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "AVIF", "PPM",
+                   "TGA", "ICO")
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+@lru_cache(maxsize=1)
+def _openable() -> tuple[str, ...]:
+    """The allowlist minus plugins this Pillow lacks (AVIF is optional).
+
+    Registering every plugin costs ~40 ms, so it happens on the first file that
+    needs Pillow (plain JPEGs do not), not when a command starts.
+    """
+    Image.init()
+    return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 
 STATUS_OK = "ok"
 STATUS_FAILED = "failed"
@@ -33,7 +45,11 @@ STATUS_SAME = "same-as-indexed"   # bytes identical to an indexed file: not deco
 STATUS_RAW = "raw-jpeg"           # JPEG bytes handed to the GPU decoder (``--decode gpu``)
 
 _ORIENT_SWAPS = {5, 6, 7, 8}
-_ORIENT_TURNS = {2, 3, 4, 5, 6, 7, 8}    # 1 (and junk values) need no transpose
+# EXIF orientation → the transpose that shows the image upright (as ImageOps.exif_transpose)
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+            4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+            6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 @dataclass(slots=True)
@@ -102,6 +118,25 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _finish(im: Image.Image, orientation: object, mode: str, size: int) -> np.ndarray:
+    """Upright, in ``mode``, resized to size x size: the working image as an array."""
+    if orientation in _UPRIGHT:
+        im = im.transpose(_UPRIGHT[orientation])
+    im = _to_mode(im, mode)
+    if im.size != (size, size):
+        # luma for hashes only: BILINEAR (antialiased) costs a third of LANCZOS
+        # and keeps the hashes within 2 bits of imagehash for >= 99% of photos
+        if mode == "L":
+            im = im.resize((size, size), Image.Resampling.BILINEAR)
+        else:
+            im = im.resize((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def _oriented(width: int, height: int, orientation: object) -> tuple[int, int]:
+    return (height, width) if orientation in _ORIENT_SWAPS else (width, height)
+
+
 def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
                 known: frozenset[str] = frozenset(), raw_jpeg: bool = False,
                 draft_size: int | None = None) -> Decoded:
@@ -127,34 +162,28 @@ def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
             if out.content_hash in known:
                 out.status = STATUS_SAME
                 return out
-            with Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS) as im:
+            draft = draft_size or working_size
+            info = None if raw_jpeg else jpeg.probe(data)
+            fast = jpeg.decode(data, info, mode, draft) if info else None
+            if fast is not None:     # a plain JPEG: libjpeg-turbo without Pillow's parser
+                out.format = "JPEG"
+                out.width, out.height = _oriented(info.width, info.height, info.orientation)
+                out.pixels = _finish(fast, info.orientation, mode, working_size)
+                out.status = STATUS_OK
+                return out
+            with Image.open(io.BytesIO(data), formats=_openable()) as im:
                 out.format = im.format
-                width, height = im.size
                 orientation = im.getexif().get(0x0112, 1)
-                if orientation in _ORIENT_SWAPS:
-                    width, height = height, width
-                out.width, out.height = width, height
+                out.width, out.height = _oriented(*im.size, orientation)
                 if raw_jpeg and im.format == "JPEG" and im.mode in ("RGB", "L"):
                     out.raw, out.orientation = data, int(orientation or 1)
                     out.status = STATUS_RAW      # the GPU decodes it; Pillow falls back
                     return out
                 if im.format in ("JPEG", "MPO"):
                     # DCT-domain downscale: decode at >= draft size, at a fraction of the cost
-                    draft = draft_size or working_size
                     im.draft(mode, (draft, draft))
                 im.seek(0)
-                if orientation in _ORIENT_TURNS:   # (exif_transpose copies even when upright)
-                    im = ImageOps.exif_transpose(im) or im
-                im = _to_mode(im, mode)
-                if im.size != (working_size, working_size):
-                    # luma for hashes only: BILINEAR (antialiased) costs a third of LANCZOS
-                    # and keeps the hashes within 2 bits of imagehash for >= 99% of photos
-                    if mode == "L":
-                        im = im.resize((working_size, working_size), Image.Resampling.BILINEAR)
-                    else:
-                        im = im.resize((working_size, working_size), Image.Resampling.LANCZOS,
-                                       reducing_gap=3.0)
-                out.pixels = np.asarray(im, dtype=np.uint8)
+                out.pixels = _finish(im, orientation, mode, working_size)
         out.status = STATUS_OK
     except Exception as exc:  # bad input is data: any failure becomes a record
         out.error = _reason(exc)

@@ -67,3 +67,19 @@ def photo_set(photos):
     decoded = decode_many([FileEntry(p, 0, 0) for p in paths], 256)
     assert all(d.status == "ok" for d in decoded)
     return rows, paths, np.stack([d.pixels for d in decoded])
+
+
+def run_cli(*args) -> tuple[int, str, str]:
+    """The CLI in this process: (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from alice_gpu.cli import run
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = run([str(a) for a in args])
+        except SystemExit as exc:       # argparse usage errors
+            code = exc.code if isinstance(exc.code, int) else 2
+    return code, out.getvalue(), err.getvalue()

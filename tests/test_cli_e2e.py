@@ -1,4 +1,4 @@
-"""End to end through the CLI (typer's runner, same process) on small real collections."""
+"""End to end through the CLI (its Python entry, same process) on small real collections."""
 
 from __future__ import annotations
 
@@ -10,21 +10,14 @@ import sys
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from alice_gpu.cli import app
-
-runner = CliRunner()
+from conftest import run_cli
 
 
 def cli(*args: str) -> tuple[int, dict | str]:
-    res = runner.invoke(app, [str(a) for a in args])
-    if res.exception and not isinstance(res.exception, SystemExit):
-        raise res.exception
-    out = res.stdout
-    if "--json" in args and res.exit_code in (0, 1):
-        return res.exit_code, json.loads(out)
-    return res.exit_code, out + res.stderr
+    code, out, err = run_cli(*args)
+    if "--json" in args and code in (0, 1):
+        return code, json.loads(out)
+    return code, out + err
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from alice_gpu import jpeg
 from alice_gpu.decoding import ALLOWED_FORMATS, STATUS_FAILED, STATUS_OK, decode_file, decode_many
 from alice_gpu.discovery import FileEntry, walk
 
@@ -37,8 +38,9 @@ def test_output_is_fixed_size_uint8_rgb(tmp_path):
     assert (d.width, d.height, d.format) == (80, 60, "PNG")
 
 
+@pytest.mark.parametrize("fmt", ["png", "jpg"])       # jpg: the libjpeg-turbo fast path
 @pytest.mark.parametrize("orientation", range(1, 9))
-def test_exif_orientation_is_applied(tmp_path, orientation):
+def test_exif_orientation_is_applied(tmp_path, orientation, fmt):
     # a picture whose top-left quadrant is white; stored transformed, tagged with its orientation
     upright = np.zeros((40, 60, 3), np.uint8)
     upright[:20, :30] = 255
@@ -50,7 +52,9 @@ def test_exif_orientation_is_applied(tmp_path, orientation):
     stored = im.transpose(inverse) if inverse is not None else im
     exif = Image.Exif()
     exif[0x0112] = orientation
-    path = _save(tmp_path, f"o{orientation}.png", stored, exif=exif.tobytes())
+    path = _save(tmp_path, f"o{orientation}.{fmt}", stored, exif=exif.tobytes())
+    if fmt == "jpg":
+        assert jpeg.probe(path.read_bytes()).orientation == orientation
     d = decode_file(_entry(path), 32)
     assert d.status == STATUS_OK
     assert (d.width, d.height) == (60, 40)
@@ -140,3 +144,76 @@ def test_every_odd_file_gives_one_record(odd_files):
                  "pillow/frozenpond.mpo", "pillow/hopper_orientation_6.jpg"):
         assert by_name[name].status == STATUS_OK, (name, by_name[name].error)
     assert all(r.pixels.shape == (WS, WS, 3) for r in results if r.status == STATUS_OK)
+
+
+def _pillow_only(monkeypatch):
+    monkeypatch.setattr(jpeg, "probe", lambda data: None)
+
+
+def test_jpeg_fast_path_is_bit_identical_to_pillow(photos, near_dups, odd_files, monkeypatch):
+    """Every file of the shared sets, hash-only (luma, DCT 1/2) and full (RGB) decodes:
+    the libjpeg-turbo path gives Pillow's pixels, size, format and verdict exactly."""
+    files = sorted(p for root in (photos, near_dups, odd_files) for p in root.rglob("*")
+                   if p.is_file() and p.suffix.lower() not in (".md", ".csv"))
+    fast_used = 0
+    for mode, size, draft in (("L", 64, 128), ("RGB", 256, None)):
+        fast = [decode_file(_entry(p), size, mode, draft_size=draft) for p in files]
+        fast_used += sum(jpeg.probe(p.read_bytes()) is not None for p in files)
+        with monkeypatch.context() as m:
+            _pillow_only(m)
+            slow = [decode_file(_entry(p), size, mode, draft_size=draft) for p in files]
+        for a, b in zip(fast, slow):
+            assert (a.status, a.format, a.width, a.height) == (b.status, b.format, b.width, b.height), a.path
+            if a.status == STATUS_OK:
+                assert np.array_equal(a.pixels, b.pixels), a.path
+    assert fast_used >= 2 * 500     # the photos and UKBench views are plain JPEGs
+
+
+def test_probe_matches_pillow_metadata_on_real_jpegs(photos, odd_files):
+    for p in [*sorted((photos / "images").iterdir())[:60], *sorted(odd_files.rglob("*.jp*g"))]:
+        info = jpeg.probe(p.read_bytes())
+        if info is None:
+            continue
+        with Image.open(p) as im:
+            assert (im.format, im.size, im.mode, im.getexif().get(0x0112, 1)) == (
+                "JPEG", (info.width, info.height), info.mode, info.orientation), p
+
+
+def _jpeg_bytes(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def test_unusual_jpegs_are_left_to_pillow(tmp_path, monkeypatch):
+    rgb = Image.fromarray(_gradient(160, 120))
+    assert jpeg.probe(_jpeg_bytes(rgb)) is not None
+    assert jpeg.probe(_jpeg_bytes(rgb.convert("CMYK"))) is None          # CMYK
+    assert jpeg.probe(b"\x89PNG\r\n\x1a\n" + b"0" * 100) is None          # not a JPEG
+    plain = _jpeg_bytes(rgb)
+    xmp = (b"\xff\xe1" + (len(b"http://ns.adobe.com/xap/1.0/\x00") + 2 + 40).to_bytes(2, "big")
+           + b"http://ns.adobe.com/xap/1.0/\x00" + b' tiff:Orientation="6" '.ljust(40))
+    assert jpeg.probe(plain[:2] + xmp + plain[2:]) is None               # orientation via XMP
+    junk = b"\xff\xe1\x00\x10Exif\x00\x00JUNKJUNK"                      # EXIF that is not TIFF
+    mangled = plain[:2] + junk + plain[2:]
+    assert jpeg.probe(mangled) is None
+    path = tmp_path / "junk-exif.jpg"
+    path.write_bytes(mangled)
+    d = decode_file(_entry(path), WS)                                  # Pillow decides
+    assert d.status == STATUS_OK and (d.width, d.height, d.format) == (160, 120, "JPEG")
+    mpo = tmp_path / "two.mpo"
+    rgb.save(mpo, "MPO", save_all=True, append_images=[rgb.rotate(90)])
+    assert jpeg.probe(mpo.read_bytes()) is None
+    assert decode_file(_entry(mpo), WS).format == "MPO"
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 160 * 120 - 1)       # over the pixel limit
+    assert jpeg.probe(plain) is None
+
+
+def test_truncated_jpeg_fails_on_the_fast_path_as_with_pillow(tmp_path, photos, monkeypatch):
+    src = sorted((photos / "images").iterdir())[0].read_bytes()
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(src[: len(src) // 2])
+    fast = decode_file(_entry(path), WS, "L", draft_size=128)
+    _pillow_only(monkeypatch)
+    slow = decode_file(_entry(path), WS, "L", draft_size=128)
+    assert fast.status == slow.status == STATUS_FAILED and "truncated" in slow.error

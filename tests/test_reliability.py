@@ -187,10 +187,8 @@ def test_a_file_just_over_the_pixel_limit_is_a_failure(tmp_path):
 
 
 def test_non_utf8_file_names_are_stored_losslessly_and_shown_readably(tmp_path, photos):
-    from typer.testing import CliRunner
-
     import alice_gpu
-    from alice_gpu.cli import app
+    from conftest import run_cli
 
     media = tmp_path / "media"
     media.mkdir()
@@ -203,10 +201,10 @@ def test_non_utf8_file_names_are_stored_losslessly_and_shown_readably(tmp_path, 
     assert summary.decoded == 2 and summary.failed == 0
     paths = {os.fsencode(m.path) for m in idx.similar(media / "plain.jpg", k=2, by="phash").results}
     assert odd in paths                                            # the exact bytes come back
-    res = CliRunner().invoke(app, ["duplicates", "--db", str(tmp_path / "db")])
-    assert res.exit_code == 0 and "caf\\xe9" in res.stdout    # the odd byte shown escaped
-    res = CliRunner().invoke(app, ["duplicates", "--db", str(tmp_path / "db"), "--json"])
-    doc = json.loads(res.stdout)
+    code, out, _ = run_cli("duplicates", "--db", tmp_path / "db")
+    assert code == 0 and "caf\\xe9" in out                  # the odd byte shown escaped
+    code, out, _ = run_cli("duplicates", "--db", tmp_path / "db", "--json")
+    doc = json.loads(out)
     assert odd in {os.fsencode(f["path"]) for f in doc["groups"][0]["files"]}
     os.remove(odd)
     assert idx.index([media], embed=False).removed == 1
