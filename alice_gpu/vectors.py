@@ -131,19 +131,21 @@ class VectorIndex:
         if self.deferred or self.index is None:
             return
         tmp = self.path.with_name(f".{INDEX_FILE}.tmp")
+        stmp = self.sidecar.with_name(f".{SIDECAR_FILE}.tmp")
+        meta = {"version": self.store.vectors_version(), "dim": self.dim,
+                "count": int(self.index.ntotal), "model": self.store.model}
         try:
             _faiss().write_index(self.index, str(tmp))
             os.replace(tmp, self.path)
+            stmp.write_text(json.dumps(meta) + "\n")
+            os.replace(stmp, self.sidecar)
         except (OSError, RuntimeError) as exc:   # FAISS reports I/O errors as RuntimeError
             tmp.unlink(missing_ok=True)
+            stmp.unlink(missing_ok=True)
+            # an old sidecar now names an older version: the file is stale and gets rebuilt
             raise StorageError(f"could not write the vector index {self.path} "
                                f"({str(exc).splitlines()[0][-160:]}); the store is intact and "
                                f"the index is rebuilt from it on next use") from None
-        meta = {"version": self.store.vectors_version(), "dim": self.dim,
-                "count": int(self.index.ntotal), "model": self.store.model}
-        stmp = self.sidecar.with_name(f".{SIDECAR_FILE}.tmp")
-        stmp.write_text(json.dumps(meta) + "\n")
-        os.replace(stmp, self.sidecar)
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by cosine: (scores, ids) for one (dim,) query, best first."""

@@ -136,6 +136,60 @@ def test_full_disk_exits_4_keeps_earlier_data_and_resumes(small_disk, photos_cop
     assert json.loads(sim.stdout)["results"][0]["score"] > 0.999
 
 
+def _fill(folder) -> None:
+    """Use up every free byte of the file system holding ``folder``."""
+    with open(folder / "filler", "wb", buffering=0) as fh:
+        for chunk in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    fh.write(b"\0" * chunk)
+            except OSError:
+                pass
+
+
+def test_full_disk_while_writing_the_vector_index(small_disk, photos, tmp_path, monkeypatch):
+    """The disk fills up exactly when the FAISS file is written: exit 4, DuckDB intact,
+    the old FAISS file untouched; with space again the index is rebuilt from DuckDB."""
+    from alice_gpu.vectors import INDEX_FILE, VectorIndex
+    from conftest import run_cli
+
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    db = small_disk / "db"
+    srcs = sorted((photos / "images").iterdir())
+    media = tmp_path / "media"
+    media.mkdir()
+    for p in srcs[:4]:
+        shutil.copy2(p, media / p.name)
+    code, _, err = run_cli("index", media, "--db", db, "--device", "cpu", "--json")
+    assert code == 0, err
+    code, _, err = run_cli("similar", media / srcs[0].name, "--db", db, "--json")  # writes it
+    assert code == 0, err
+    before = (db / INDEX_FILE).read_bytes()
+    for p in srcs[4:12]:
+        shutil.copy2(p, media / p.name)
+    real_save = VectorIndex.save
+
+    def save_on_a_full_disk(self):
+        _fill(small_disk)
+        return real_save(self)
+
+    monkeypatch.setattr(VectorIndex, "save", save_on_a_full_disk)
+    code, _, err = run_cli("index", media, "--db", db, "--device", "cpu")
+    assert code == 4, err
+    assert "No space left on device" in err and "the store is intact" in err
+    assert (db / INDEX_FILE).read_bytes() == before            # the old file, untouched
+    assert not list(db.glob(".*.tmp"))                          # no half-written temp file
+    monkeypatch.setattr(VectorIndex, "save", real_save)
+    (small_disk / "filler").unlink()
+    assert sorted(_rows(db)) == sorted(str(media / p.name) for p in srcs[:12])
+    code, out, err = run_cli("similar", media / srcs[9].name, "--db", db, "--k", "1", "--json")
+    assert code == 0, err
+    hit = json.loads(out)["results"][0]
+    assert hit["path"] == str(media / srcs[9].name) and hit["score"] > 0.999   # rebuilt
+    code, out, _ = run_cli("index", media, "--db", db, "--device", "cpu", "--json")
+    assert code == 0 and json.loads(out)["decoded"] == 0
+
+
 def test_mass_disappearance_needs_prune(tmp_path, photos):
     import alice_gpu
 
