@@ -102,17 +102,18 @@ def cmd_index(a: argparse.Namespace) -> int:
 
         bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(),
-                       TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+                       TimeRemainingColumn(), console=Console(stderr=True), transient=False,
+                       auto_refresh=False)   # no refresh thread: decode workers fork cleanly
         task = bar.add_task("discovering", total=None, failed=0)
 
     def on_progress(ev) -> None:
         if bar is None:
             return
         if ev.stage == "discover":
-            bar.update(task, description=f"found {ev.total} files")
+            bar.update(task, description=f"found {ev.total} files", refresh=True)
         else:
             bar.update(task, description="indexing", completed=ev.done, total=ev.total,
-                       failed=ev.failed)
+                       failed=ev.failed, refresh=True)
 
     from .pipeline import Interrupted
 

@@ -192,6 +192,37 @@ class DecodePool:
         self.executor.shutdown(wait=wait, cancel_futures=cancel_futures)
 
 
+class _InProcessGuard:
+    """A marker file in the index folder while files are decoded in this process.
+
+    A decoder that kills its process (a native crash) or hangs in C cannot be
+    caught in-process. The marker outlives such a death, and the next run sends
+    the job to isolated worker processes, which record the culprit and go on.
+    """
+
+    NAME = ".decoding-in-process"
+
+    def __init__(self, folder: str | os.PathLike[str]):
+        self.path = os.path.join(os.fspath(folder), self.NAME)
+        self.tripped = os.path.exists(self.path)
+        self.armed = False
+
+    def arm(self) -> None:
+        try:
+            with open(self.path, "w") as fh:
+                fh.write(f"{os.getpid()}\n")
+            self.armed = True
+        except OSError:   # read-only or full: decoding still works, unguarded
+            pass
+
+    def clear(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        self.armed = self.tripped = False
+
+
 def start_pool(workers: int) -> DecodePool | None:
     return DecodePool(workers) if workers > 1 else None
 
@@ -443,15 +474,14 @@ def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Con
     """
     t0 = time.perf_counter()
     roots = list(roots)
-    workers = effective_workers(cfg.performance.max_workers)
-    pool = start_pool(workers)
+    pools: list[DecodePool] = []     # started by _run once it knows the job is large
     stop = threading.Event()
     try:
         with _stop_on_signals(stop):
-            summary = _run(store, vectors, roots, cfg, device, progress, retry_failed, pool, t0,
+            summary = _run(store, vectors, roots, cfg, device, progress, retry_failed, pools, t0,
                            stop, prune)
     finally:
-        if pool is not None:
+        for pool in pools:
             pool.shutdown(wait=True, cancel_futures=True)
     if summary.interrupted:
         raise Interrupted(summary)
@@ -492,7 +522,7 @@ def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
 
 def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
          device: "torch.device | None", progress: ProgressFn | None, retry_failed: bool,
-         pool: DecodePool | None, t0: float, stop: threading.Event,
+         pools: list[DecodePool], t0: float, stop: threading.Event,
          prune: bool = False) -> IndexSummary:
     perf = cfg.performance
     embed = cfg.features.embed
@@ -504,18 +534,35 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
     metrics = RunMetrics()
     threads = min(8, 2 * workers) if perf.parallel_metadata_extraction else 1
 
-    with PeakMemory() as mem:
-        with timer("discover"):
-            found = discover(roots, store.known_state(require_embedding=embed,
-                                                      retry_failed=retry_failed),
-                             threads=threads)
-            todo = found.todo
-            known = known_contents(store, todo, embed)
-        summary.files_seen = found.files_seen
-        summary.unchanged = len(found.unchanged)
-        if progress:
-            progress(ProgressEvent("discover", found.files_seen, found.files_seen))
+    with timer("discover"):
+        found = discover(roots, store.known_state(require_embedding=embed,
+                                                  retry_failed=retry_failed),
+                         threads=threads)
+        todo = found.todo
+        known = known_contents(store, todo, embed)
+    summary.files_seen = found.files_seen
+    summary.unchanged = len(found.unchanged)
+    if progress:
+        progress(ProgressEvent("discover", found.files_seen, found.files_seen))
 
+    # Small jobs decode in this process: no pool to start. Large ones fork the
+    # workers now, before torch or any pipeline thread exists (cheap, clean forks).
+    # A previous in-process decode that never finished (the process died on a
+    # file) sends this job to isolated workers, where the culprit is caught.
+    guard = _InProcessGuard(store.folder)
+    parallel_threshold = cfg.decode.parallel_threshold
+    pool = None
+    if todo and guard.tripped:
+        log.warning("the last run died while decoding in-process; decoding in isolated "
+                    "worker processes this time")
+        pool, parallel_threshold = DecodePool(max(1, workers)), 0
+    elif todo and workers > 1 and len(todo) >= parallel_threshold:
+        pool = DecodePool(workers)
+    if pool is not None:
+        pools.append(pool)
+
+    # sampling starts after the fork: a fork with the sampler thread alive is unsafe
+    with PeakMemory() as mem:
         if (embed and found.todo) or found.removed:
             if vectors.is_current():
                 vectors.load()   # as the store is now: each commit's changes are applied to it
@@ -572,6 +619,7 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
         if progress:
             progress(ProgressEvent("index", 0, total))
         entries = {e.path: e for e in found.todo}
+        finished = False
         try:
             def emit(records: list[AssetRecord]) -> None:
                 nonlocal done, failed
@@ -609,9 +657,10 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                             emit(in_flight.pop()())
                         in_flight.append(finish)
 
+                if pool is None:
+                    guard.arm()      # cleared below once every in-process decode returned
                 stream = decode_stream(todo, plan, pool, workers, max_in_flight,
-                                       cfg.decode.parallel_threshold, known,
-                                       cfg.decode.timeout_seconds)
+                                       parallel_threshold, known, cfg.decode.timeout_seconds)
                 t_wait = time.perf_counter()
                 for d in stream:
                     if stop.is_set():
@@ -631,7 +680,10 @@ def _run(store: Store, vectors: VectorIndex, roots: list[str], cfg: Config,
                     flush()
                 while in_flight:
                     emit(in_flight.pop()())
+            finished = not stop.is_set()
         finally:
+            if guard.armed or finished:
+                guard.clear()     # alive after every in-process decode, or the isolated run done
             writer.close()
 
         # byte-identical copies of indexed files: features copied, nothing decoded

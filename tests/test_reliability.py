@@ -264,6 +264,46 @@ def test_non_utf8_file_names_are_stored_losslessly_and_shown_readably(tmp_path, 
     assert idx.index([media], embed=False).removed == 1
 
 
+_KILL_ON = """
+import json, os, signal, sys
+import alice_gpu, alice_gpu.hashing_cpu as hc
+real = hc.decode_file
+def faulty(entry, *a, **k):      # a native crash in whichever process decodes the culprit
+    if entry.path == sys.argv[1]:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(entry, *a, **k)
+hc.decode_file = faulty
+s = alice_gpu.open_index(sys.argv[2]).index([sys.argv[3]], embed=False)
+print(json.dumps({"decoded": s.decoded, "failed": [(f.path, f.error) for f in s.failed_files]}))
+"""
+
+
+def test_a_crash_during_in_process_decoding_sends_the_next_run_to_isolated_workers(tmp_path,
+                                                                                  photos):
+    """Small jobs decode in-process; a file that kills the process cannot be caught there.
+    The marker left behind makes the next run use workers, which record the culprit."""
+    from alice_gpu.pipeline import _InProcessGuard
+
+    media, db = tmp_path / "media", tmp_path / "db"
+    media.mkdir()
+    for src in sorted((photos / "images").iterdir())[:10]:     # < parallel_threshold (48)
+        shutil.copy2(src, media / src.name)
+    culprit = str(sorted(media.iterdir())[4])
+    cmd = [sys.executable, "-c", _KILL_ON, culprit, str(db), str(media)]
+    env = {**os.environ, "ALICE_GPU_START_METHOD": "fork"}   # restarted workers keep the fault
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert first.returncode == -signal.SIGKILL, first.stderr[-2000:]
+    assert (db / _InProcessGuard.NAME).exists()
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "decoding in isolated worker processes" in second.stderr
+    doc = json.loads(second.stdout)
+    assert doc["decoded"] == 9 and [f[0] for f in doc["failed"]] == [culprit]
+    assert "crashed" in doc["failed"][0][1]
+    assert not (db / _InProcessGuard.NAME).exists()
+    assert sorted(_rows(db)) == sorted(str(p) for p in media.iterdir())   # each file once
+
+
 @pytest.mark.parametrize("fault", ["crash", "hang"])
 def test_a_file_that_kills_or_hangs_its_decoder_is_the_only_casualty(tmp_path, photos, fault,
                                                                      monkeypatch):
