@@ -217,3 +217,53 @@ def test_truncated_jpeg_fails_on_the_fast_path_as_with_pillow(tmp_path, photos, 
     _pillow_only(monkeypatch)
     slow = decode_file(_entry(path), WS, "L", draft_size=128)
     assert fast.status == slow.status == STATUS_FAILED and "truncated" in slow.error
+
+
+_PEAK = """
+import io, os, resource, sys
+import numpy as np
+from PIL import Image
+from alice_gpu.decoding import decode_file
+from alice_gpu.discovery import FileEntry
+small = sys.argv[1] + ".small.png"
+Image.new("RGBA", (64, 64)).save(small)
+decode_file(FileEntry(small, os.path.getsize(small), 0), 256)          # warm up
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+d = decode_file(FileEntry(sys.argv[1], os.path.getsize(sys.argv[1]), 0), 256)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(d.status, (peak - base) / 1024)
+"""
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "I;16"])
+def test_huge_png_is_decoded_in_about_one_frame_of_memory(tmp_path, mode):
+    """No DCT draft for PNG: the frame is box-reduced strip by strip before any
+    conversion, so the peak stays near one decoded frame (it was ~5 frames for RGBA)."""
+    import subprocess
+    import sys
+
+    from alice_gpu.decoding import _finish, _shrink
+
+    w, h = 6000, 4000                                       # 24 MP, over the 16.7 MP mark
+    x = np.linspace(0, 255, w, dtype=np.float32)[None, :]
+    y = np.linspace(0, 255, h, dtype=np.float32)[:, None]
+    if mode == "RGBA":
+        arr = np.dstack([((x + y) / 2).astype(np.uint8), np.broadcast_to(x, (h, w)).astype(np.uint8),
+                         np.broadcast_to(y, (h, w)).astype(np.uint8), np.full((h, w), 180, np.uint8)])
+        frame_mb = w * h * 4 / 2**20
+    else:
+        arr = (((x + y) / 2) * 257).astype(np.uint16)
+        frame_mb = w * h * 2 / 2**20
+    path = tmp_path / "huge.png"
+    Image.fromarray(arr).save(path, compress_level=1)
+    del arr
+    res = subprocess.run([sys.executable, "-c", _PEAK, str(path)], capture_output=True, text=True,
+                         timeout=300)
+    status, grew = res.stdout.split()
+    assert status == STATUS_OK, res.stderr[-2000:]
+    assert float(grew) < 1.5 * frame_mb + 40, (grew, frame_mb)
+    with Image.open(path) as im:                           # and the picture is the same
+        im.load()
+        shrunk = _finish(_shrink(im, 256), 1, "RGB", 256).astype(int)
+        full = _finish(im, 1, "RGB", 256).astype(int)
+    assert np.abs(shrunk - full).mean() < 1.5
