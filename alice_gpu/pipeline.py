@@ -227,21 +227,50 @@ def start_pool(workers: int) -> DecodePool | None:
     return DecodePool(workers) if workers > 1 else None
 
 
+def _with_deadline(entry: FileEntry, plan: DecodePlan, known: dict[int, frozenset[str]],
+                   timeout: float) -> list[Decoded]:
+    """One in-process decode on a daemon thread, given up after ``timeout`` seconds.
+
+    A decoder that hangs cannot be stopped in-process, but it can be left behind:
+    the file is recorded as failed and the run goes on (the thread, stuck in C with
+    the GIL released, dies with the process). A decoder that kills the process is
+    the job of ``_InProcessGuard``.
+    """
+    box: list = []
+
+    def work() -> None:
+        try:
+            box.append(decode_and_hash([entry], plan, known))
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller
+            box.append(exc)
+
+    t = threading.Thread(target=work, name="alice-decode", daemon=True)
+    t.start()
+    t.join(timeout)
+    if not box:
+        log.warning("decoding timed out on %s (in-process); recorded as failed", entry.path)
+        return [Decoded(entry.path, entry.size, entry.mtime_ns, STATUS_FAILED,
+                        f"decode timeout: more than {timeout:g} s")]
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
 def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: DecodePool | None,
                   workers: int, max_in_flight: int, parallel_threshold: int,
                   known: dict[int, frozenset[str]] | None = None,
                   timeout: float = 60.0) -> Iterator[Decoded]:
     """Decoded files in input order, with at most ``max_in_flight`` files decoded ahead.
 
-    Jobs smaller than ``parallel_threshold`` (or without a pool) are decoded in-process.
-    A worker that dies (a file that crashes the decoder) or a chunk that takes more
+    Jobs smaller than ``parallel_threshold`` (or without a pool) are decoded in-process,
+    each file under the same ``timeout``. A worker that dies (a file that crashes the decoder) or a chunk that takes more
     than ``timeout`` seconds per file breaks the pool: it is restarted, the files in
     flight are retried one by one, and only the culprit is recorded as failed.
     """
     known = known or {}
     if pool is None or len(entries) < parallel_threshold:
         for e in entries:
-            yield from decode_and_hash([e], plan, _known_for([e], known))
+            yield from _with_deadline(e, plan, _known_for([e], known), timeout)
         return
     chunk = max(1, min(16, max_in_flight // (2 * workers)))
 

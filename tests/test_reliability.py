@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import duckdb
@@ -302,6 +303,39 @@ def test_a_crash_during_in_process_decoding_sends_the_next_run_to_isolated_worke
     assert "crashed" in doc["failed"][0][1]
     assert not (db / _InProcessGuard.NAME).exists()
     assert sorted(_rows(db)) == sorted(str(p) for p in media.iterdir())   # each file once
+
+
+def test_a_hang_during_in_process_decoding_is_timed_out_and_recorded(tmp_path, photos,
+                                                                      monkeypatch):
+    import alice_gpu
+    import alice_gpu.hashing_cpu as hc
+    from alice_gpu.config import load_config
+
+    media = tmp_path / "media"
+    media.mkdir()
+    for src in sorted((photos / "images").iterdir())[:6]:      # small job: in-process
+        shutil.copy2(src, media / src.name)
+    culprit = str(sorted(media.iterdir())[2])
+    real = hc.decode_file
+    release = threading.Event()
+
+    def hangs(entry, *a, **k):
+        if entry.path == culprit:
+            release.wait(600)
+        return real(entry, *a, **k)
+
+    monkeypatch.setattr(hc, "decode_file", hangs)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("decode:\n  timeout_seconds: 1\n")
+    idx = alice_gpu.open_index(tmp_path / "db", config=load_config(cfg))
+    t = time.time()
+    try:
+        summary = idx.index([media], embed=False)
+    finally:
+        release.set()
+    assert time.time() - t < 30
+    assert (summary.decoded, summary.failed) == (5, 1)
+    assert summary.failed_files[0].path == culprit and "timeout" in summary.failed_files[0].error
 
 
 @pytest.mark.parametrize("fault", ["crash", "hang"])
