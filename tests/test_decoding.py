@@ -121,6 +121,22 @@ def test_vanished_file_is_a_record(tmp_path):
     assert d.status == STATUS_FAILED and "FileNotFoundError" in d.error
 
 
+def test_a_file_rewritten_between_listing_and_reading_is_stored_as_read(tmp_path):
+    """The record carries the size and mtime of the bytes actually decoded, so the next
+    run sees exactly what was indexed (and re-reads the file only if it changes again)."""
+    import os
+
+    path = _save(tmp_path, "a.png", Image.new("RGB", (40, 30), (255, 0, 0)))
+    listed = _entry(path)
+    Image.new("RGB", (50, 20), (0, 0, 255)).save(path)          # rewritten after the listing
+    os.utime(path, ns=(listed.mtime_ns + 10**9, listed.mtime_ns + 10**9))
+    d = decode_file(listed, WS)
+    st = path.stat()
+    assert d.status == STATUS_OK and (d.width, d.height) == (50, 20)
+    assert (d.size, d.mtime_ns) == (st.st_size, st.st_mtime_ns) != (listed.size, listed.mtime_ns)
+    assert d.pixels[..., 2].min() > 200                         # the new picture
+
+
 def test_formats_outside_the_allowlist_are_refused(tmp_path):
     assert "EPS" not in ALLOWED_FORMATS and "PDF" not in ALLOWED_FORMATS
     path = tmp_path / "x.jpg"
