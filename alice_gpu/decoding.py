@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
@@ -197,7 +198,14 @@ def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with open(entry.path, "rb", buffering=0) as fh:   # one read, no buffer copy
+                st = os.fstat(fh.fileno())
                 data = fh.readall()
+            # rewritten since it was listed: the record describes the bytes decoded,
+            # so the next run sees what was indexed (and re-reads it only on a new change)
+            out.size, out.mtime_ns = st.st_size, st.st_mtime_ns
+            if len(data) != st.st_size:
+                raise OSError("the file changed while it was being read; it is read again "
+                              "on the next run")
             # SHA-256: hardware-accelerated (half blake2b's cost here), and it is what
             # `sha256sum` prints, so users can match files against the index
             out.content_hash = hashlib.sha256(data).hexdigest()
@@ -241,7 +249,6 @@ def decode_many(entries: Sequence[FileEntry], working_size: int, mode: str = "RG
 
 def decode_path(path: str, working_size: int) -> Decoded:
     """Decode a file that is not (necessarily) in the index, e.g. a query image."""
-    import os
 
     st = os.stat(path)
     return decode_file(FileEntry(path, st.st_size, st.st_mtime_ns), working_size)
