@@ -249,6 +249,5 @@ def decode_many(entries: Sequence[FileEntry], working_size: int, mode: str = "RG
 
 def decode_path(path: str, working_size: int) -> Decoded:
     """Decode a file that is not (necessarily) in the index, e.g. a query image."""
-
     st = os.stat(path)
     return decode_file(FileEntry(path, st.st_size, st.st_mtime_ns), working_size)
