@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -92,10 +93,16 @@ def make_set(src: Path, n: int, dest: Path) -> Path:
     return dest
 
 
+CPU_OF_LAST: list[float] = [0.0]   # user + sys of the last timed command's process tree
+
+
 def timed(cmd: list[str]) -> tuple[float, dict | None]:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t = time.perf_counter()
     res = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)   # workers included: all were waited for
+    CPU_OF_LAST[0] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if res.returncode not in (0, 1):
         raise SystemExit(f"{' '.join(cmd[:4])} failed ({res.returncode}): {res.stderr[-3000:]}")
     try:
@@ -124,15 +131,20 @@ def end_to_end(sizes: list[int], workers: int, tmp: Path, repeat: int) -> list[d
         # the three hash-only contenders, interleaved, `repeat` times each: the median stands
         # (this machine shares its cores; one slow run should not decide a ratio)
         runs: dict[str, list[float]] = {"floor": [], "imagehash": [], "hash": []}
+        cpu: dict[str, list[float]] = {"floor": [], "hash": []}
         for _ in range(repeat):
             runs["floor"].append(timed(me("_peer", "floor", str(folder), str(workers)))[0])
+            cpu["floor"].append(CPU_OF_LAST[0])
             runs["imagehash"].append(timed(me("_peer", "imagehash", str(folder), str(workers)))[0])
             shutil.rmtree(tmp / f"h{n}", ignore_errors=True)
             wall, doc = timed(alice("index", *common, "--no-embed", "--db", str(tmp / f"h{n}")))
             runs["hash"].append(wall)
+            cpu["hash"].append(CPU_OF_LAST[0])
         for key, walls in runs.items():
             row[key] = statistics.median(walls)
             row[f"{key}_runs"] = walls
+        for key, secs in cpu.items():
+            row[f"{key}_cpu"] = statistics.median(secs)
         row["hash_rss"] = doc["metrics"]["memory_usage_mb"]
         row["imagededup"], _ = timed(me("_peer", "imagededup", str(folder), str(workers)))
         row["hash_seq"], _ = timed(alice("index", str(folder), "--device", "cpu", "--workers", "1",
@@ -293,6 +305,12 @@ def report(args, rows, thr, emb, ns, big) -> str:
     lines += [""] + [f"Runs at {r['n']:,} files, s: floor {_walls(r['floor_runs'])}; imagehash "
                      f"{_walls(r['imagehash_runs'])}; alice --no-embed {_walls(r['hash_runs'])}; "
                      f"alice full {_walls(r['full_runs'])}." for r in rows]
+    lines += ["", "CPU seconds (user + sys of each command's process tree, workers included; "
+              "median), which this shared machine's drift moves less than wall time:", "",
+              "| files | decode floor CPU s | alice --no-embed CPU s | floor / alice CPU |",
+              "|---:|---:|---:|---:|"]
+    lines += [f"| {r['n']:,} | {r['floor_cpu']:.2f} | {r['hash_cpu']:.2f} | "
+              f"{r['floor_cpu'] / r['hash_cpu']:.2f}x |" for r in rows]
     lines += ["", "Sequential vs parallel (alice-gpu --no-embed, start-up included) and memory "
               "(peak RSS of the process tree, workers included):", "",
               "| files | 1 worker s | files/s | %d workers s | files/s | speed-up | "
