@@ -195,9 +195,11 @@ class DecodePool:
 class _InProcessGuard:
     """A marker file in the index folder while files are decoded in this process.
 
-    A decoder that kills its process (a native crash) or hangs in C cannot be
-    caught in-process. The marker outlives such a death, and the next run sends
-    the job to isolated worker processes, which record the culprit and go on.
+    A decoder that kills its process (a native crash), or hangs while holding the
+    GIL so that ``_with_deadline`` cannot leave it behind, cannot be caught
+    in-process. The marker outlives such a death (or the kill that ends the hang),
+    and the next run sends the job to isolated worker processes, which record the
+    culprit and go on.
     """
 
     NAME = ".decoding-in-process"
@@ -263,9 +265,10 @@ def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: DecodePo
     """Decoded files in input order, with at most ``max_in_flight`` files decoded ahead.
 
     Jobs smaller than ``parallel_threshold`` (or without a pool) are decoded in-process,
-    each file under the same ``timeout``. A worker that dies (a file that crashes the decoder) or a chunk that takes more
-    than ``timeout`` seconds per file breaks the pool: it is restarted, the files in
-    flight are retried one by one, and only the culprit is recorded as failed.
+    each file under the same ``timeout``. A worker that dies (a file that crashes the
+    decoder) or a chunk that takes more than ``timeout`` seconds per file breaks the
+    pool: it is restarted, the files in flight are retried one by one, and only the
+    culprit is recorded as failed.
     """
     known = known or {}
     if pool is None or len(entries) < parallel_threshold:
