@@ -56,6 +56,8 @@ class DecodeConfig:
 
     working_size: int = 256
     hash_size: int = 64            # working size of hash-only runs; JPEGs are drafted to >= 2x this
+    # hash-only runs: JPEGs of 256..2048 px a side hashed from their 1/8-scale block means
+    block_hashes: bool = True
     # jobs with fewer files than this are decoded in-process (no pool start-up);
     # measured by benchmarks/bench_throughput.py (see RESULTS.md)
     parallel_threshold: int = 32

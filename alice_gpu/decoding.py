@@ -70,6 +70,7 @@ class Decoded:
     hashes: dict[str, int] | None = None       # filled when hashed in the worker
     raw: bytes | None = None                   # JPEG bytes for the GPU decoder
     orientation: int = 1
+    blocks: np.ndarray | None = None           # 1/8-scale luma (block means), stored orientation
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class DecodePlan:
     keep_pixels: bool = True
     gpu_decode: bool = False   # workers hand JPEG bytes over; nvJPEG decodes them
     draft_size: int | None = None   # JPEG DCT scale floor; None: the working size
+    block_hashes: bool = False      # JPEGs in range: 1/8-scale block means, hashed from those
 
     @property
     def bytes_per_item(self) -> int:
@@ -180,9 +182,15 @@ def _oriented(width: int, height: int, orientation: object) -> tuple[int, int]:
     return (height, width) if orientation in _ORIENT_SWAPS else (width, height)
 
 
+# blocks per side (1/8 scale) for which hashes are estimated from block means:
+# the lower bound keeps enough detail for the hashes, the upper one the cost of
+# the estimate's matrices (computed once per side length) small
+BLOCKS_MIN, BLOCKS_MAX = 32, 256
+
+
 def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
                 known: frozenset[str] = frozenset(), raw_jpeg: bool = False,
-                draft_size: int | None = None) -> Decoded:
+                draft_size: int | None = None, blocks: bool = False) -> Decoded:
     """Open, draft, orient, convert and resize one file; never raises for bad input.
 
     ``mode="L"`` (hash-only runs) lets the JPEG decoder skip colour entirely:
@@ -191,7 +199,9 @@ def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
     the working size): hash-only runs draft at twice their working size, because
     a coarser DCT scale moves pHash away from imagehash's. A file whose
     content hash is in ``known`` (byte-identical to an indexed file) is not
-    decoded: it comes back with ``status == STATUS_SAME``.
+    decoded: it comes back with ``status == STATUS_SAME``. With ``blocks`` a plain
+    JPEG of 256 to 2048 px a side is decoded at 1/8 scale only, into
+    ``Decoded.blocks`` (no pixels): the hashes are estimated from those block means.
     """
     out = Decoded(entry.path, entry.size, entry.mtime_ns, STATUS_FAILED)
     try:
@@ -214,6 +224,15 @@ def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
                 return out
             draft = draft_size or working_size
             info = None if raw_jpeg else jpeg.probe(data)
+            if blocks and info and BLOCKS_MIN * 8 <= min(info.width, info.height) \
+                    and max(info.width, info.height) <= BLOCKS_MAX * 8:
+                out.blocks = jpeg.decode_blocks(data, info)
+                if out.blocks is not None:
+                    out.format = "JPEG"
+                    out.width, out.height = _oriented(info.width, info.height, info.orientation)
+                    out.orientation = info.orientation
+                    out.status = STATUS_OK
+                    return out
             fast = jpeg.decode(data, info, mode, draft) if info else None
             if fast is not None:     # a plain JPEG: libjpeg-turbo without Pillow's parser
                 out.format = "JPEG"

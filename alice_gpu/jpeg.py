@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import simplejpeg
 from PIL import Image
 
@@ -127,3 +128,18 @@ def decode(data: bytes, info: JpegInfo, mode: str, draft: int) -> Image.Image | 
     except ValueError:
         return None
     return Image.fromarray(arr[..., 0] if mode == "L" else arr, mode)
+
+
+def decode_blocks(data: bytes, info: JpegInfo) -> np.ndarray | None:
+    """Luma at 1/8 scale, (ceil(h/8), ceil(w/8)) uint8: each value is one 8x8 block's mean.
+
+    libjpeg-turbo reads only the DC coefficient of each block at this scale (the
+    entropy decoding is the same), so this is the cheapest decode there is.
+    """
+    want = (-(-info.height // 8), -(-info.width // 8))
+    try:
+        arr = simplejpeg.decode_jpeg(data, colorspace="GRAY", min_width=want[1],
+                                     min_height=want[0], min_factor=8, strict=True)
+    except ValueError:
+        return None
+    return arr[..., 0] if arr.shape[:2] == want else None

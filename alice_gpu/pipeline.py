@@ -275,7 +275,8 @@ def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: DecodePo
         for e in entries:
             yield from _with_deadline(e, plan, _known_for([e], known), timeout)
         return
-    chunk = max(1, min(16, max_in_flight // (2 * workers)))
+    # chunks of records only (hash-only runs) can be larger: fewer round trips
+    chunk = max(1, min(16 if plan.keep_pixels else 64, max_in_flight // (2 * workers)))
 
     def submit(part: Sequence[FileEntry]) -> tuple[Sequence[FileEntry], Future]:
         return part, pool.submit(decode_and_hash, part, plan, _known_for(part, known))
@@ -482,9 +483,11 @@ def decode_plan(cfg: Config, device: "torch.device | None") -> DecodePlan:
     embed = cfg.features.embed
     parallel = cfg.performance.parallel_hash_computation
     if not embed:
-        # hash-only: luma straight from the JPEG decoder at the hashes' working size
+        # hash-only: luma straight from the JPEG decoder at the hashes' working size;
+        # hashed in the workers, most JPEGs need only their 1/8-scale block means
         return DecodePlan(cfg.decode.hash_size, "L", hash_in_worker=parallel,
-                          keep_pixels=not parallel, draft_size=2 * cfg.decode.hash_size)
+                          keep_pixels=not parallel, draft_size=2 * cfg.decode.hash_size,
+                          block_hashes=parallel and cfg.decode.block_hashes)
     from .device import hashes_in_workers
 
     gpu = cfg.decode.engine == "gpu"
