@@ -163,7 +163,7 @@ def _prior_tables() -> tuple[np.ndarray, np.ndarray, int]:
 @lru_cache(maxsize=1)
 def _gram_table() -> tuple[np.ndarray, int]:
     """g(m): covariance of two full block means m blocks apart, m in -M..M."""
-    single, block, reach = _prior_tables()
+    _, block, reach = _prior_tables()
     m = np.arange(-(BLOCKS_MAX + 1), BLOCKS_MAX + 2)
     g = block[reach + 8 * m[:, None] + np.arange(8)[None, :]].mean(axis=1)
     return g, BLOCKS_MAX + 1
