@@ -56,8 +56,9 @@ class DecodeConfig:
 
     working_size: int = 256
     hash_size: int = 64            # working size of hash-only runs; JPEGs are drafted to >= 2x this
-    # hash-only runs: JPEGs of 256..2048 px a side hashed from their 1/8-scale block means
-    block_hashes: bool = True
+    # hash-only runs: the working image of a JPEG of 256..2048 px a side is estimated
+    # from its 1/8-scale block means (DC coefficients) instead of a half-scale decode
+    block_means: bool = True
     # jobs with fewer files than this are decoded in-process (no pool start-up);
     # measured by benchmarks/bench_throughput.py (see RESULTS.md)
     parallel_threshold: int = 32

@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageFile
 
-from . import jpeg
+from . import blocks, jpeg
 from .discovery import FileEntry
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,6 @@ class Decoded:
     hashes: dict[str, int] | None = None       # filled when hashed in the worker
     raw: bytes | None = None                   # JPEG bytes for the GPU decoder
     orientation: int = 1
-    blocks: np.ndarray | None = None           # 1/8-scale luma (block means), stored orientation
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ class DecodePlan:
     keep_pixels: bool = True
     gpu_decode: bool = False   # workers hand JPEG bytes over; nvJPEG decodes them
     draft_size: int | None = None   # JPEG DCT scale floor; None: the working size
-    block_hashes: bool = False      # JPEGs in range: 1/8-scale block means, hashed from those
+    block_means: bool = False       # luma: JPEGs in range estimated from 1/8-scale block means
 
     @property
     def bytes_per_item(self) -> int:
@@ -182,15 +181,9 @@ def _oriented(width: int, height: int, orientation: object) -> tuple[int, int]:
     return (height, width) if orientation in _ORIENT_SWAPS else (width, height)
 
 
-# blocks per side (1/8 scale) for which hashes are estimated from block means:
-# the lower bound keeps enough detail for the hashes, the upper one the cost of
-# the estimate's matrices (computed once per side length) small
-BLOCKS_MIN, BLOCKS_MAX = 32, 256
-
-
 def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
                 known: frozenset[str] = frozenset(), raw_jpeg: bool = False,
-                draft_size: int | None = None, blocks: bool = False) -> Decoded:
+                draft_size: int | None = None, block_means: bool = False) -> Decoded:
     """Open, draft, orient, convert and resize one file; never raises for bad input.
 
     ``mode="L"`` (hash-only runs) lets the JPEG decoder skip colour entirely:
@@ -199,9 +192,9 @@ def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
     the working size): hash-only runs draft at twice their working size, because
     a coarser DCT scale moves pHash away from imagehash's. A file whose
     content hash is in ``known`` (byte-identical to an indexed file) is not
-    decoded: it comes back with ``status == STATUS_SAME``. With ``blocks`` a plain
-    JPEG of 256 to 2048 px a side is decoded at 1/8 scale only, into
-    ``Decoded.blocks`` (no pixels): the hashes are estimated from those block means.
+    decoded: it comes back with ``status == STATUS_SAME``. With ``block_means``
+    (luma only) a plain JPEG of 256 to 2048 px a side is decoded at 1/8 scale,
+    and the working image is estimated from those block means (:mod:`.blocks`).
     """
     out = Decoded(entry.path, entry.size, entry.mtime_ns, STATUS_FAILED)
     try:
@@ -224,15 +217,15 @@ def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
                 return out
             draft = draft_size or working_size
             info = None if raw_jpeg else jpeg.probe(data)
-            if blocks and info and BLOCKS_MIN * 8 <= min(info.width, info.height) \
-                    and max(info.width, info.height) <= BLOCKS_MAX * 8:
-                out.blocks = jpeg.decode_blocks(data, info)
-                if out.blocks is not None:
-                    out.format = "JPEG"
-                    out.width, out.height = _oriented(info.width, info.height, info.orientation)
-                    out.orientation = info.orientation
-                    out.status = STATUS_OK
-                    return out
+            means = (jpeg.decode_blocks(data, info) if block_means and mode == "L" and info
+                     and blocks.in_range(info.width, info.height) else None)
+            if means is not None:    # 1/8 scale: the working image estimated from block means
+                out.format = "JPEG"
+                out.width, out.height = _oriented(info.width, info.height, info.orientation)
+                out.pixels = blocks.working_image(means, info.width, info.height,
+                                                  info.orientation, working_size)
+                out.status = STATUS_OK
+                return out
             fast = jpeg.decode(data, info, mode, draft) if info else None
             if fast is not None:     # a plain JPEG: libjpeg-turbo without Pillow's parser
                 out.format = "JPEG"

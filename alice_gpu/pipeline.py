@@ -483,11 +483,11 @@ def decode_plan(cfg: Config, device: "torch.device | None") -> DecodePlan:
     embed = cfg.features.embed
     parallel = cfg.performance.parallel_hash_computation
     if not embed:
-        # hash-only: luma straight from the JPEG decoder at the hashes' working size;
-        # hashed in the workers, most JPEGs need only their 1/8-scale block means
+        # hash-only: luma straight from the JPEG decoder at the hashes' working size
+        # (most JPEGs: estimated from their 1/8-scale block means)
         return DecodePlan(cfg.decode.hash_size, "L", hash_in_worker=parallel,
                           keep_pixels=not parallel, draft_size=2 * cfg.decode.hash_size,
-                          block_hashes=parallel and cfg.decode.block_hashes)
+                          block_means=cfg.decode.block_means)
     from .device import hashes_in_workers
 
     gpu = cfg.decode.engine == "gpu"

@@ -16,11 +16,13 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import duckdb
 import numpy as np
-import pyarrow as pa
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from .decoding import STATUS_FAILED, STATUS_OK
 from .errors import StorageError, StoreError, StoreLockedError, is_storage_failure
@@ -285,6 +287,7 @@ class Store:
         """Content hashes of complete assets whose size is in ``sizes``, by size."""
         if not sizes:
             return {}
+        import pyarrow as pa   # on first use: not on the path to the first decode
         self.con.register("_sz", pa.table({"size": pa.array(sorted(sizes), pa.int64())}))
         try:
             sql = "SELECT DISTINCT a.size, a.content_hash FROM assets a JOIN _sz USING (size)"
@@ -305,6 +308,7 @@ class Store:
         keys = sorted(set(content_hashes))
         if not keys:
             return {}
+        import pyarrow as pa   # on first use: not on the path to the first decode
         self.con.register("_ch", pa.table({"content_hash": pa.array(keys, pa.string())}))
         try:
             join = "JOIN" if require_embedding else "LEFT JOIN"
@@ -337,6 +341,7 @@ class Store:
         ids = [int(i) for i in ids]
         if not ids:
             return {}
+        import pyarrow as pa   # on first use: not on the path to the first decode
         self.con.register("_q", pa.table({"id": pa.array(ids, pa.int64())}))
         try:
             cur = self.con.execute(f"SELECT {', '.join('a.' + c for c in _ASSET_COLUMNS)} "
@@ -458,6 +463,7 @@ class Store:
 
     def _write(self, records: Sequence[AssetRecord], run_id: int | None, insert_size: int,
                bulk: bool) -> WriteResult:
+        import pyarrow as pa   # on first use: not on the path to the first decode
         ids = np.array([r.id for r in records], dtype=np.int64)
         now = time.time()
         assets = pa.table({
@@ -512,6 +518,7 @@ class Store:
         """Delete vanished files (and their embeddings); returns their ids."""
         if not paths:
             return np.zeros(0, np.int64)
+        import pyarrow as pa   # on first use: not on the path to the first decode
         tbl = pa.table({"path": pa.array([to_db(p) for p in paths], pa.string())})
         con = self.con
         con.register("_gone", tbl)
