@@ -71,6 +71,13 @@ class Decoded:
     raw: bytes | None = None                   # JPEG bytes for the GPU decoder
     orientation: int = 1
 
+    def __reduce__(self):
+        # every file comes back from a worker as one of these: a plain tuple pickles
+        # faster than a slots dataclass's default state (fields() per object)
+        return Decoded, (self.path, self.size, self.mtime_ns, self.status, self.error,
+                         self.width, self.height, self.format, self.pixels,
+                         self.content_hash, self.hashes, self.raw, self.orientation)
+
 
 @dataclass(frozen=True)
 class DecodePlan:

@@ -283,3 +283,17 @@ def test_huge_png_is_decoded_in_about_one_frame_of_memory(tmp_path, mode):
         shrunk = _finish(_shrink(im, 256), 1, "RGB", 256).astype(int)
         full = _finish(im, 1, "RGB", 256).astype(int)
     assert np.abs(shrunk - full).mean() < 1.5
+
+
+def test_records_cross_process_boundaries_whole():
+    """FileEntry and Decoded pickle as plain tuples (speed): every field must survive."""
+    import dataclasses
+    import pickle
+
+    from alice_gpu.decoding import Decoded
+
+    values = {f.name: f"v-{f.name}" for f in dataclasses.fields(Decoded)}
+    back = pickle.loads(pickle.dumps(Decoded(**values)))
+    assert dataclasses.asdict(back) == values
+    entry = FileEntry("/a/b.jpg", 10, 20)
+    assert pickle.loads(pickle.dumps(entry)) == entry
