@@ -152,7 +152,7 @@ def end_to_end(sizes: list[int], workers: int, tmp: Path, repeat: int) -> list[d
         # full runs: the small ones are repeated too (their fixed costs, torch import and
         # model load, make them the noisy end of the scaling ratio); 4,000+ run once
         fulls = []
-        for _ in range(repeat if n <= 1000 else 1):
+        for _ in range(min(repeat, 3) if n <= 1000 else 1):
             shutil.rmtree(tmp / f"f{n}", ignore_errors=True)
             wall, doc = timed(alice("index", *common, "--db", str(tmp / f"f{n}")))
             fulls.append(wall)
@@ -290,7 +290,7 @@ def report(args, rows, thr, emb, ns, big) -> str:
                  f"{platform.python_version()}, torch {torch.__version__}, workers {w}. Wall "
                  "seconds of each whole command, interpreter start-up included, same files, same "
                  f"run; the floor, imagehash and alice --no-embed were run {args.repeat} times each, "
-                 "interleaved, and so was alice full up to 1,000 files; the median is shown (all "
+                 "interleaved, and alice full 3 times up to 1,000 files; the median is shown (all "
                  "runs are listed below the table). "
                  "Sets above 462 files are copies of `photo_collection` with distinct names "
                  "and distinct bytes (a counter appended after the JPEG end marker).")
@@ -304,7 +304,10 @@ def report(args, rows, thr, emb, ns, big) -> str:
                      f"{r['floor'] / r['hash']:.2f}x |")
     lines += [""] + [f"Runs at {r['n']:,} files, s: floor {_walls(r['floor_runs'])}; imagehash "
                      f"{_walls(r['imagehash_runs'])}; alice --no-embed {_walls(r['hash_runs'])}; "
-                     f"alice full {_walls(r['full_runs'])}." for r in rows]
+                     f"alice full {_walls(r['full_runs'])}. No-embed / floor speed of each "
+                     "interleaved repeat: " + ", ".join(
+                         f"{f / h:.2f}x" for f, h in zip(r['floor_runs'], r['hash_runs'])) + "."
+                     for r in rows]
     lines += ["", "CPU seconds (user + sys of each command's process tree, workers included; "
               "median), which this shared machine's drift moves less than wall time:", "",
               "| files | decode floor CPU s | alice --no-embed CPU s | floor / alice CPU |",
@@ -365,7 +368,7 @@ def main() -> None:
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 4000, 10000])
-    ap.add_argument("--repeat", type=int, default=3,
+    ap.add_argument("--repeat", type=int, default=5,
                     help="runs of each hash-only contender per size (median reported)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--skip-100k", action="store_true")
