@@ -1,7 +1,7 @@
 """Throughput, scaling and memory of alice-gpu side by side with the tools users would pick.
 
     pip install -e '.[dev,bench]'
-    python benchmarks/bench_throughput.py [--sizes 100 1000 4000 10000] [--repeat 3] [--workers N] [--write]
+    python benchmarks/bench_throughput.py [--sizes 100 1000 4000 10000] [--repeat 5] [--workers N] [--write]
 
 Every tool is timed end to end as a separate command (interpreter start-up
 included) on the same files, in the same run:
@@ -43,40 +43,6 @@ RESULTS = REPO / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- throughput:begin -->", "<!-- throughput:end -->"
 
 
-# ------------------------------------------------------------------ peers (run as subprocesses)
-
-def _floor_one(path: str) -> int:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.draft("L", (32, 32))
-        return im.convert("L").resize((32, 32)).size[0]
-
-
-def _imagehash_one(path: str) -> str:
-    import imagehash
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return str(imagehash.phash(im))
-
-
-def peer(kind: str, folder: str, workers: int) -> None:
-    files = sorted(str(p) for p in Path(folder).iterdir())
-    if kind == "imagededup":
-        from imagededup.methods import PHash
-
-        enc = PHash(verbose=False).encode_images(image_dir=folder, num_enc_workers=workers)
-        assert len(enc) == len(files)
-        return
-    from concurrent.futures import ProcessPoolExecutor
-
-    fn = {"floor": _floor_one, "imagehash": _imagehash_one}[kind]
-    with ProcessPoolExecutor(workers) as pool:
-        out = list(pool.map(fn, files, chunksize=32))
-    assert len(out) == len(files)
-
-
 # ------------------------------------------------------------------ helpers
 
 def make_set(src: Path, n: int, dest: Path) -> Path:
@@ -116,8 +82,20 @@ def alice(*args: str) -> list[str]:
     return [exe, *args, "--json"]
 
 
-def me(*args: str) -> list[str]:
-    return [sys.executable, str(Path(__file__).resolve()), *args]
+def peer(kind: str, folder: Path, workers: int) -> list[str]:
+    """A peer tool's command (benchmarks/peers.py, from cached bytecode)."""
+    here = str(Path(__file__).resolve().parent)
+    return [sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); "
+            "import peers; peers.main()", kind, str(folder), str(workers)]
+
+
+def compile_bytecode() -> None:
+    """Write .pyc files as ``pip install`` does (this machine sets PYTHONDONTWRITEBYTECODE,
+    which would otherwise make alice-gpu and the peers recompile their sources every run)."""
+    import compileall
+
+    for folder in (REPO / "alice_gpu", REPO / "benchmarks"):
+        compileall.compile_dir(str(folder), quiet=1)
 
 
 # ------------------------------------------------------------------ measurements
@@ -133,9 +111,9 @@ def end_to_end(sizes: list[int], workers: int, tmp: Path, repeat: int) -> list[d
         runs: dict[str, list[float]] = {"floor": [], "imagehash": [], "hash": []}
         cpu: dict[str, list[float]] = {"floor": [], "hash": []}
         for _ in range(repeat):
-            runs["floor"].append(timed(me("_peer", "floor", str(folder), str(workers)))[0])
+            runs["floor"].append(timed(peer("floor", folder, workers))[0])
             cpu["floor"].append(CPU_OF_LAST[0])
-            runs["imagehash"].append(timed(me("_peer", "imagehash", str(folder), str(workers)))[0])
+            runs["imagehash"].append(timed(peer("imagehash", folder, workers))[0])
             shutil.rmtree(tmp / f"h{n}", ignore_errors=True)
             wall, doc = timed(alice("index", *common, "--no-embed", "--db", str(tmp / f"h{n}")))
             runs["hash"].append(wall)
@@ -146,7 +124,7 @@ def end_to_end(sizes: list[int], workers: int, tmp: Path, repeat: int) -> list[d
         for key, secs in cpu.items():
             row[f"{key}_cpu"] = statistics.median(secs)
         row["hash_rss"] = doc["metrics"]["memory_usage_mb"]
-        row["imagededup"], _ = timed(me("_peer", "imagededup", str(folder), str(workers)))
+        row["imagededup"], _ = timed(peer("imagededup", folder, workers))
         row["hash_seq"], _ = timed(alice("index", str(folder), "--device", "cpu", "--workers", "1",
                                          "--no-embed", "--db", str(tmp / f"hs{n}")))
         # full runs: the small ones are repeated too (their fixed costs, torch import and
@@ -292,6 +270,8 @@ def report(args, rows, thr, emb, ns, big) -> str:
                  f"run; the floor, imagehash and alice --no-embed were run {args.repeat} times each, "
                  "interleaved, and alice full 3 times up to 1,000 files; the median is shown (all "
                  "runs are listed below the table). "
+                 "Every command runs from compiled bytecode, as after `pip install` "
+                 "(benchmarks/peers.py holds the peers). "
                  "Sets above 462 files are copies of `photo_collection` with distinct names "
                  "and distinct bytes (a counter appended after the JPEG end marker).")
     lines += ["", "| files | decode floor | imagehash.phash | imagededup PHash | alice --no-embed "
@@ -363,9 +343,6 @@ def report(args, rows, thr, emb, ns, big) -> str:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "_peer":
-        peer(sys.argv[2], sys.argv[3], int(sys.argv[4]))
-        return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 4000, 10000])
     ap.add_argument("--repeat", type=int, default=5,
@@ -374,6 +351,7 @@ def main() -> None:
     ap.add_argument("--skip-100k", action="store_true")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
+    compile_bytecode()
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp_s:
         tmp = Path(tmp_s)
         rows = end_to_end(args.sizes, args.workers, tmp, args.repeat)
