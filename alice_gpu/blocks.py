@@ -27,9 +27,11 @@ NUGGET = 1e-3     # ridge: the DC values are quantised and rounded
 BLOCKS_MIN, BLOCKS_MAX = 32, 256   # blocks per side for which the estimate is used
 
 
-def in_range(width: int, height: int) -> bool:
-    """Enough blocks for the hashes' detail; few enough to keep the matrices cheap."""
-    return BLOCKS_MIN * 8 <= min(width, height) and max(width, height) <= BLOCKS_MAX * 8
+def in_range(width: int, height: int, size: int) -> bool:
+    """Enough blocks for the hashes' detail (at least half the working size a side, and 32),
+    few enough to keep the matrices cheap."""
+    short = min(width, height)
+    return max(BLOCKS_MIN * 8, 4 * size) <= short and max(width, height) <= BLOCKS_MAX * 8
 
 
 def lanczos_rows(in_size: int, out_size: int) -> np.ndarray:

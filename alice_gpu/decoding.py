@@ -200,8 +200,9 @@ def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
     a coarser DCT scale moves pHash away from imagehash's. A file whose
     content hash is in ``known`` (byte-identical to an indexed file) is not
     decoded: it comes back with ``status == STATUS_SAME``. With ``block_means``
-    (luma only) a plain JPEG of 256 to 2048 px a side is decoded at 1/8 scale,
-    and the working image is estimated from those block means (:mod:`.blocks`).
+    (luma only) a plain JPEG of 256 to 2048 px a side (and at least 4x the working
+    size) is decoded at 1/8 scale, and the working image is estimated from those
+    block means (:mod:`.blocks`).
     """
     out = Decoded(entry.path, entry.size, entry.mtime_ns, STATUS_FAILED)
     try:
@@ -225,7 +226,7 @@ def decode_file(entry: FileEntry, working_size: int, mode: str = "RGB",
             draft = draft_size or working_size
             info = None if raw_jpeg else jpeg.probe(data)
             means = (jpeg.decode_blocks(data, info) if block_means and mode == "L" and info
-                     and blocks.in_range(info.width, info.height) else None)
+                     and blocks.in_range(info.width, info.height, working_size) else None)
             if means is not None:    # 1/8 scale: the working image estimated from block means
                 out.format = "JPEG"
                 out.width, out.height = _oriented(info.width, info.height, info.orientation)

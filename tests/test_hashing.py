@@ -261,3 +261,7 @@ def test_block_means_only_for_jpegs_in_range(tmp_path):
             assert np.array_equal(got.pixels, plain.pixels), name
         rgb = decode_file(entry, 64, "RGB", draft_size=128, block_means=True)
         assert rgb.pixels.shape == (64, 64, 3)
+    # a larger working size needs more blocks: 500 x 375 has too few for 128 px
+    entry = FileEntry(str(tmp_path / "mid.jpg"), 0, 0)
+    assert np.array_equal(decode_file(entry, 128, "L", draft_size=256, block_means=True).pixels,
+                          decode_file(entry, 128, "L", draft_size=256).pixels)
