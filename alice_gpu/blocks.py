@@ -38,7 +38,8 @@ def lanczos_rows(in_size: int, out_size: int) -> np.ndarray:
     """Pillow's LANCZOS coefficients (``precompute_coeffs``) as an (out, in) matrix.
 
     Computed with arrays, window by window, because a collection has hundreds of
-    side lengths; equal to the loop in ``hashing_cpu.lanczos_matrix`` (tested).
+    side lengths; the one implementation (``hashing_cpu.lanczos_matrix`` caches it),
+    equal to a loop transcription of Pillow's C (tests/test_hashing.py).
     """
     scale = in_size / out_size
     fs = max(scale, 1.0)

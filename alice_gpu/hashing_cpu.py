@@ -11,12 +11,12 @@ the tests compare them on real photos.
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
 
+from .blocks import lanczos_rows
 from .decoding import STATUS_OK, Decoded, DecodePlan, decode_file
 from .discovery import FileEntry
 
@@ -24,30 +24,10 @@ _WEIGHTS = np.array([19595, 38470, 7471], dtype=np.int32)
 _BIT_WEIGHTS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64))
 
 
-def _lanczos(x: float) -> float:
-    if x == 0.0:
-        return 1.0
-    if -3.0 < x < 3.0:
-        px = math.pi * x
-        return (math.sin(px) / px) * (math.sin(px / 3.0) / (px / 3.0))
-    return 0.0
-
-
 @lru_cache(maxsize=64)
 def lanczos_matrix(in_size: int, out_size: int) -> np.ndarray:
-    """Pillow's ``precompute_coeffs`` for LANCZOS as an (out, in) float64 matrix."""
-    scale = in_size / out_size
-    filterscale = max(scale, 1.0)
-    support = 3.0 * filterscale
-    mat = np.zeros((out_size, in_size), dtype=np.float64)
-    for xx in range(out_size):
-        center = (xx + 0.5) * scale
-        xmin = max(int(center - support + 0.5), 0)
-        xmax = min(int(center + support + 0.5), in_size)
-        weights = [_lanczos((x - center + 0.5) / filterscale) for x in range(xmin, xmax)]
-        total = sum(weights)
-        if total:
-            mat[xx, xmin:xmax] = np.asarray(weights) / total
+    """Pillow's ``precompute_coeffs`` for LANCZOS as an (out, in) float64 matrix (cached)."""
+    mat = lanczos_rows(in_size, out_size)
     mat.flags.writeable = False
     return mat
 
