@@ -1,7 +1,7 @@
 """alice-gpu: GPU-accelerated perceptual hashes and embeddings for large media collections.
 
-The public API is loaded lazily so that decode workers, which import
-``alice_gpu.decoding``, do not pay for torch.
+The public API is loaded lazily so that decode workers, which import the
+decode stage, and queries that need no model, do not pay for it or for torch.
 """
 
 from __future__ import annotations

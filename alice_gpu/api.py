@@ -11,56 +11,50 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
-from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from cachetools import TTLCache
+
 from .config import Config, default_db_dir, load_config
 from .errors import ConfigError
-from .modelcfg import known_dim
-from .pipeline import IndexSummary, ProgressFn, run_index
+from .features.modelcfg import known_dim
 from .store import DB_FILE, MANIFEST_FILE, Store
-from .vectors import VectorIndex
 
 if TYPE_CHECKING:
-    from .search import DuplicatesResult, SimilarResult
+    from .pipeline import IndexSummary, ProgressFn
+    from .search.queries import DuplicatesResult, SimilarResult
 
-# torch-backed modules (device, embedding, search) are imported where they are
-# needed, so that `index` with nothing to do starts in a fraction of a second.
+# the pipeline, the queries and anything with torch are imported where they are
+# needed: `stats`, and queries answered from stored features, start in a fraction
+# of a second and never load torch
 
 log = logging.getLogger(__name__)
 
 
 class QueryCache:
-    """LRU of query results (``search_cache_size`` entries, ``cache_ttl_seconds`` each).
+    """Query results kept for ``cache_ttl_seconds``, the ``search_cache_size`` most
+    recently used (cachetools' TTL + LRU cache); 0 for either turns it off.
 
     Keys include the index files' (size, mtime), so any write to the index
     invalidates every cached answer.
     """
 
     def __init__(self, size: int, ttl: float):
-        self.size, self.ttl = size, ttl
-        self._items: OrderedDict[tuple, tuple[float, Any]] = OrderedDict()
+        self._items: TTLCache | None = TTLCache(size, ttl) if size > 0 and ttl > 0 else None
         self.hits = self.misses = 0
 
     def get(self, key: tuple) -> Any | None:
-        item = self._items.get(key)
-        if item is None or time.monotonic() - item[0] > self.ttl:
-            self._items.pop(key, None)
+        value = None if self._items is None else self._items.get(key)
+        if value is None:
             self.misses += 1
-            return None
-        self._items.move_to_end(key)
-        self.hits += 1
-        return item[1]
+        else:
+            self.hits += 1
+        return value
 
     def put(self, key: tuple, value: Any) -> None:
-        if self.size <= 0:
-            return
-        self._items[key] = (time.monotonic(), value)
-        self._items.move_to_end(key)
-        while len(self._items) > self.size:
-            self._items.popitem(last=False)
+        if self._items is not None:
+            self._items[key] = value
 
 
 def _stamp(path: Path) -> tuple[int, int]:
@@ -99,7 +93,7 @@ class AliceIndex:
         if not isinstance(dim, int):
             dim = known_dim(name)
         if dim is None:
-            from .embedding import model_cfg   # a plug-in model: ask the registry
+            from .features.models import model_cfg   # a plug-in model: ask the registry
 
             dim = model_cfg(name).dim
         return Store(self.folder, model=name, dim=dim, read_only=read_only,
@@ -112,16 +106,21 @@ class AliceIndex:
               progress: ProgressFn | None = None) -> IndexSummary:
         """Add new and changed files under ``paths``; drop vanished ones.
 
+        ``progress`` receives :class:`~alice_gpu.pipeline.ProgressEvent` objects.
+
         Unchanged files that failed before are skipped unless ``retry_failed``.
         """
         cfg = self.config.with_overrides(device=device, features__embed=embed,
                                          performance__batch_size=batch_size,
                                          performance__max_workers=workers,
                                          decode__engine=decode)
+        from .pipeline import run_index
+        from .search.vectors import VectorIndex
+
         roots = [os.path.expanduser(os.fspath(p)) for p in paths]
         dev = None
         if cfg.device not in ("auto", "cpu") or cfg.decode.engine == "gpu":
-            from .device import select_device
+            from .gpu.devices import select_device
 
             dev = select_device(cfg.device)  # an explicit GPU request fails up front
             if cfg.decode.engine == "gpu" and dev.type != "cuda":
@@ -131,9 +130,13 @@ class AliceIndex:
 
     def similar(self, image: str | os.PathLike[str], *, k: int | None = None,
                 by: str = "embedding", device: str | None = None) -> "SimilarResult":
-        """Top-k look-alikes of ``image`` (in the index or not), best first."""
-        from .device import select_device
-        from .search import similar
+        """Top-k look-alikes of ``image`` (in the index or not), best first.
+
+        ``device`` (default: the configured one) runs hash searches on a GPU and
+        featurises a query image that is not in the index.
+        """
+        from .search.queries import similar
+        from .search.vectors import VectorIndex
 
         cfg = self.config.with_overrides(device=device)
         k = k or cfg.query.k
@@ -144,22 +147,24 @@ class AliceIndex:
             return cached
         with self._open(read_only=True) as store:
             result = similar(store, VectorIndex(store), path, k=k, by=by, cfg=cfg,
-                             device=select_device(cfg.device))
+                             device=cfg.device)
         self.cache.put(key, result)
         return result
 
-    def duplicates(self, *, by: str = "phash", threshold: float | None = None) -> "DuplicatesResult":
+    def duplicates(self, *, by: str = "phash", threshold: float | None = None,
+                   device: str | None = None) -> "DuplicatesResult":
         """Groups of near-duplicates (connected components within ``threshold``)."""
-        from .device import select_device
-        from .search import duplicates
+        from .search.queries import duplicates
+        from .search.vectors import VectorIndex
 
-        key = self._cache_key("duplicates", by, threshold)
+        cfg = self.config.with_overrides(device=device)
+        key = self._cache_key("duplicates", by, threshold, cfg.device)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
         with self._open(read_only=True) as store:
             result = duplicates(store, VectorIndex(store), by=by, threshold=threshold,
-                                cfg=self.config, device=select_device(self.config.device))
+                                cfg=cfg, device=cfg.device)
         self.cache.put(key, result)
         return result
 

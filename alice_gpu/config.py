@@ -11,14 +11,14 @@ import dataclasses
 import os
 import typing
 from dataclasses import dataclass, field, fields, replace
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, QueryError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DB_ENV = "ALICE_GPU_DB"
 
 HASH_NAMES = ("ahash", "dhash", "phash", "whash")
@@ -86,6 +86,24 @@ class FeatureConfig:
     def validate(self) -> None:
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
                "features.precision must be auto, fp32, bf16 or fp16")
+
+
+def threshold_problem(by: str, threshold: float) -> str | None:
+    """What is wrong with a duplicates threshold for ``--by`` (None when it is fine):
+    whole bits in 0..64 for hashes, a cosine in -1..1 for embeddings."""
+    if by == "embedding":
+        if not -1.0 <= threshold <= 1.0:
+            return f"for embeddings it is a cosine in -1..1, not {threshold:g}"
+    elif threshold != int(threshold) or not 0 <= threshold <= 64:
+        return f"for hashes it is a whole number of bits in 0..64, not {threshold:g}"
+    return None
+
+
+def check_threshold(by: str, threshold: float | None) -> None:
+    """Refuse a duplicates threshold outside its range (``QueryError``, exit 2)."""
+    problem = None if threshold is None else threshold_problem(by, threshold)
+    if problem:
+        raise QueryError(f"--threshold {problem}")
 
 
 @dataclass(frozen=True)
@@ -170,40 +188,48 @@ def _build(cls: type, data: Mapping[str, Any], where: str) -> Any:
 
 
 PROFILES = ("default", "fast", "memory", "large")
+PROFILE_PACKAGE = "alice_gpu.configs"   # configs/*.yaml, installed as package data
 
 
-def profile_path(name: str) -> Path:
-    """The YAML file of a named profile (``configs/NAME.yaml``)."""
-    path = CONFIG_DIR / f"{name}.yaml"
-    if not path.exists():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) or list(PROFILES)
-        raise ConfigError(f"unknown profile {name!r} (choose from {', '.join(known)})")
-    return path
+def profile_names() -> list[str]:
+    """The profiles shipped with this installation (``configs/*.yaml``)."""
+    return sorted(p.name[:-5] for p in resources.files(PROFILE_PACKAGE).iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def profile_text(name: str) -> str:
+    """The YAML of a named profile, read from the installed package data."""
+    source = resources.files(PROFILE_PACKAGE).joinpath(f"{name}.yaml")
+    if "/" in name or not source.is_file():
+        raise ConfigError(f"unknown profile {name!r} (choose from {', '.join(profile_names())})")
+    return source.read_text()
 
 
 def load_config(path: str | os.PathLike[str] | None = None, *, profile: str | None = None
                 ) -> Config:
     """Load and validate a YAML config (missing keys take the built-in defaults).
 
-    ``profile`` names a file in ``configs/``; ``None`` for both gives
-    ``configs/default.yaml`` (or the identical built-ins in an installed package).
+    ``profile`` names a shipped profile (``configs/NAME.yaml``); ``None`` for both
+    gives the ``default`` profile, which equals the built-in defaults (tested).
     """
     if path is not None and profile is not None:
         raise ConfigError("give --config or --profile, not both")
-    if profile is not None:
-        path = profile_path(profile)
     if path is None:
-        path = CONFIG_DIR / "default.yaml"
-        if not Path(path).exists():
-            return Config().validate()
+        name = profile or "default"
+        return parse_config(profile_text(name), f"profile {name!r}")
     try:
         text = Path(path).read_text()
     except OSError as exc:
         raise ConfigError(f"cannot read config {path}: {exc.strerror}") from None
+    return parse_config(text, f"config {path}")
+
+
+def parse_config(text: str, where: str) -> Config:
+    """A validated Config from YAML text; ``where`` names the source in messages."""
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"{where} is not valid YAML: {str(exc).splitlines()[0]}") from None
     return _build(Config, data, "").validate()
 
 

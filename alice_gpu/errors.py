@@ -47,3 +47,10 @@ def is_storage_failure(exc: BaseException) -> bool:
     text = str(exc).lower()
     return any(s in text for s in ("no space left", "disk quota", "input/output error",
                                    "read-only file system", "could not write", "failed to write"))
+
+
+def reason(exc: BaseException, prefix: str = "") -> str:
+    """What a person reads about a file that failed: the error's kind and first line, short."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    kind = type(exc).__name__
+    return f"{prefix}{kind}: {text}"[:300] if text else f"{prefix}{kind}"[:300]

@@ -1,7 +1,7 @@
 // Hamming range search over packed 64-bit hashes: every pair (i < j) with
 // popcount(codes[i] ^ codes[j]) <= threshold. Used by `alice-gpu duplicates`.
 //
-// Semantics are defined by alice_gpu.vectors.hamming_pairs (numpy / FAISS); the
+// Semantics are defined by alice_gpu.search.hamming.hamming_pairs (numpy / FAISS); the
 // host wrapper sorts the output by (i, j), so the order of appends here is free.
 //
 // Layout (Hopper-minded): a block owns TILE rows i and walks column tiles j >= i.

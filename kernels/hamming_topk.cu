@@ -1,6 +1,6 @@
 // Hamming top-k of query hashes against all stored hashes (`similar --by phash`).
 //
-// Semantics are defined by alice_gpu.vectors.hamming_topk: the k nearest rows by
+// Semantics are defined by alice_gpu.search.hamming.hamming_topk: the k nearest rows by
 // Hamming distance, ties broken by row order. Distances are integers in 0..64, so
 // the exact top-k is found in two passes without sorting N items:
 //   1. hamming_histogram: per query, a 65-bin histogram of distances (shared-memory

@@ -10,19 +10,30 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ALICE_GPU_SHARED_DATA", REPO.parent / "shared" / "data"))
+# CI sets this: there the image sets are always present, so their absence is a failure
+REQUIRE_SHARED = os.environ.get("ALICE_GPU_REQUIRE_SHARED_DATA") == "1"
 
-DEVICES = [
-    "cpu",
-    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
-                                                  reason="needs a CUDA GPU")),
-]
+needs_cuda = [pytest.mark.cuda,
+              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
+
+def cuda_test(fn):
+    """A test that needs a CUDA GPU: selected by ``-m cuda``, skipped (saying so) without one."""
+    for mark in needs_cuda:
+        fn = mark(fn)
+    return fn
 
 
 def shared(*parts: str) -> Path:
-    """A path under ../shared/data; skips (saying why) when the folder is absent."""
+    """A path under ../shared/data; skips (saying why) when the folder is absent,
+    and fails instead where the sets are required (CI)."""
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"needs the shared image sets at {path} (absent outside this project's machines)")
+        message = f"needs the shared image sets at {path}"
+        if REQUIRE_SHARED:
+            pytest.fail(f"{message} (ALICE_GPU_REQUIRE_SHARED_DATA=1)")
+        pytest.skip(f"{message} (absent outside this project's machines)")
     return path
 
 
@@ -59,12 +70,12 @@ def photo_set(photos):
 
     import numpy as np
 
-    from alice_gpu.decoding import decode_many
-    from alice_gpu.discovery import FileEntry
+    from alice_gpu.decode import DecodePlan, decode_files
+    from alice_gpu.records import FileEntry
 
     rows = list(csv.DictReader(open(photos / "labels.csv")))
     paths = [str(photos / r["file"]) for r in rows]
-    decoded = decode_many([FileEntry(p, 0, 0) for p in paths], 256)
+    decoded = decode_files([FileEntry(p, 0, 0) for p in paths], DecodePlan(256))
     assert all(d.status == "ok" for d in decoded)
     return rows, paths, np.stack([d.pixels for d in decoded])
 
@@ -80,6 +91,6 @@ def run_cli(*args) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = run([str(a) for a in args])
-        except SystemExit as exc:       # argparse usage errors
+        except SystemExit as exc:       # never expected: run() returns every exit code
             code = exc.code if isinstance(exc.code, int) else 2
     return code, out.getvalue(), err.getvalue()

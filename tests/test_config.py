@@ -3,21 +3,27 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from alice_gpu.config import CONFIG_DIR, PROFILES, Config, ConfigError, load_config
+from alice_gpu.config import (PROFILES, Config, ConfigError, load_config, profile_names,
+                              profile_text)
 
 SEED_KEYS = {"max_workers", "batch_size", "enable_batch_operations", "batch_insert_size",
              "transaction_size", "max_memory_cache_mb", "cache_ttl_seconds",
              "parallel_metadata_extraction", "parallel_hash_computation", "search_cache_size"}
 
 
-def test_default_yaml_matches_builtin_defaults():
-    # an installed (non-editable) package falls back to the built-ins: they must agree
-    assert load_config(CONFIG_DIR / "default.yaml") == Config().validate()
+def test_default_profile_matches_builtin_defaults():
+    # configs/default.yaml documents every key; its values must be the built-in ones
+    assert load_config() == load_config(profile="default") == Config().validate()
 
 
 def test_default_yaml_carries_every_seed_key():
-    data = yaml.safe_load((CONFIG_DIR / "default.yaml").read_text())
+    data = yaml.safe_load(profile_text("default"))
     assert set(data["performance"]) == SEED_KEYS
+
+
+def test_profiles_are_package_data():
+    """Read through importlib.resources, as from a wheel: the shipped set, nothing else."""
+    assert profile_names() == sorted(PROFILES)
 
 
 @pytest.mark.parametrize("name, workers, batch", [

@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alice_gpu import jpeg
-from alice_gpu.decoding import ALLOWED_FORMATS, STATUS_FAILED, STATUS_OK, decode_file, decode_many
-from alice_gpu.discovery import FileEntry, walk
+from alice_gpu.decode import DecodePlan, decode_file, decode_files, jpeg
+from alice_gpu.decode.pillow import ALLOWED_FORMATS
+from alice_gpu.discover import walk
+from alice_gpu.records import STATUS_FAILED, STATUS_OK, FileEntry
 
 WS = 64
+RGB = DecodePlan(WS)
 
 
 def _entry(path) -> FileEntry:
@@ -32,7 +34,7 @@ def _save(tmp_path, name, im: Image.Image, **kw):
 
 
 def test_output_is_fixed_size_uint8_rgb(tmp_path):
-    d = decode_file(_entry(_save(tmp_path, "g.png", Image.fromarray(_gradient()))), WS)
+    d = decode_file(_entry(_save(tmp_path, "g.png", Image.fromarray(_gradient()))), RGB)
     assert d.status == STATUS_OK and d.error is None
     assert d.pixels.shape == (WS, WS, 3) and d.pixels.dtype == np.uint8
     assert (d.width, d.height, d.format) == (80, 60, "PNG")
@@ -55,7 +57,7 @@ def test_exif_orientation_is_applied(tmp_path, orientation, fmt):
     path = _save(tmp_path, f"o{orientation}.{fmt}", stored, exif=exif.tobytes())
     if fmt == "jpg":
         assert jpeg.probe(path.read_bytes()).orientation == orientation
-    d = decode_file(_entry(path), 32)
+    d = decode_file(_entry(path), DecodePlan(32))
     assert d.status == STATUS_OK
     assert (d.width, d.height) == (60, 40)
     px = d.pixels.mean(axis=2)
@@ -71,7 +73,7 @@ def test_modes_convert_to_rgb(tmp_path):
         "bw.png": (Image.fromarray(g[..., 0]).convert("1"), {}),
     }
     for name, (im, kw) in cases.items():
-        d = decode_file(_entry(_save(tmp_path, name, im, **kw)), WS)
+        d = decode_file(_entry(_save(tmp_path, name, im, **kw)), RGB)
         assert d.status == STATUS_OK, (name, d.error)
         assert d.pixels.shape == (WS, WS, 3)
 
@@ -79,7 +81,7 @@ def test_modes_convert_to_rgb(tmp_path):
 def test_16bit_gray_is_scaled_not_clipped(tmp_path):
     arr = np.tile(np.linspace(0, 65535, 64, dtype=np.uint16), (64, 1))
     path = _save(tmp_path, "g16.png", Image.fromarray(arr))
-    d = decode_file(_entry(path), 64)
+    d = decode_file(_entry(path), DecodePlan(64))
     assert d.status == STATUS_OK
     row = d.pixels[32, :, 0].astype(int)
     assert row[0] < 10 and row[-1] > 245 and 100 < row[32] < 160   # clipping would give 255s
@@ -89,7 +91,7 @@ def test_animated_gif_uses_first_frame(tmp_path):
     frames = [Image.new("RGB", (32, 32), c) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
     path = tmp_path / "anim.gif"
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=50)
-    d = decode_file(_entry(path), 16)
+    d = decode_file(_entry(path), DecodePlan(16))
     assert d.status == STATUS_OK
     r, g, b = d.pixels.reshape(-1, 3).mean(axis=0)
     assert r > 200 and b < 50
@@ -102,7 +104,7 @@ def test_animated_gif_uses_first_frame(tmp_path):
 def test_bad_bytes_become_records(tmp_path, name, data):
     path = tmp_path / name
     path.write_bytes(data)
-    d = decode_file(_entry(path), WS)
+    d = decode_file(_entry(path), RGB)
     assert d.status == STATUS_FAILED and d.pixels is None
     assert d.error and "\n" not in d.error
 
@@ -112,12 +114,12 @@ def test_truncated_jpeg_is_a_failure_not_a_crash(tmp_path):
     Image.fromarray(_gradient(400, 300)).save(buf, "JPEG", quality=90)
     path = tmp_path / "trunc.jpg"
     path.write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
-    d = decode_file(_entry(path), WS)
+    d = decode_file(_entry(path), RGB)
     assert d.status == STATUS_FAILED and "truncated" in d.error.lower()
 
 
 def test_vanished_file_is_a_record(tmp_path):
-    d = decode_file(FileEntry(str(tmp_path / "gone.jpg"), 10, 10), WS)
+    d = decode_file(FileEntry(str(tmp_path / "gone.jpg"), 10, 10), RGB)
     assert d.status == STATUS_FAILED and "FileNotFoundError" in d.error
 
 
@@ -130,7 +132,7 @@ def test_a_file_rewritten_between_listing_and_reading_is_stored_as_read(tmp_path
     listed = _entry(path)
     Image.new("RGB", (50, 20), (0, 0, 255)).save(path)          # rewritten after the listing
     os.utime(path, ns=(listed.mtime_ns + 10**9, listed.mtime_ns + 10**9))
-    d = decode_file(listed, WS)
+    d = decode_file(listed, RGB)
     st = path.stat()
     assert d.status == STATUS_OK and (d.width, d.height) == (50, 20)
     assert (d.size, d.mtime_ns) == (st.st_size, st.st_mtime_ns) != (listed.size, listed.mtime_ns)
@@ -141,13 +143,13 @@ def test_formats_outside_the_allowlist_are_refused(tmp_path):
     assert "EPS" not in ALLOWED_FORMATS and "PDF" not in ALLOWED_FORMATS
     path = tmp_path / "x.jpg"
     Image.fromarray(_gradient()).save(path, "PDF")
-    assert decode_file(_entry(path), WS).status == STATUS_FAILED
+    assert decode_file(_entry(path), RGB).status == STATUS_FAILED
 
 
 def test_every_odd_file_gives_one_record(odd_files):
     entries = list(walk([odd_files]))
     assert len(entries) >= 50
-    results = decode_many(entries, WS)
+    results = decode_files(entries, RGB)
     assert [r.path for r in results] == [e.path for e in entries]
     by_name = {r.path.split("odd_files/")[1]: r for r in results}
     for name in ("sd-parsers/empty_file.png", "pillow/broken.png",
@@ -173,11 +175,12 @@ def test_jpeg_fast_path_is_bit_identical_to_pillow(photos, near_dups, odd_files,
                    if p.is_file() and p.suffix.lower() not in (".md", ".csv"))
     fast_used = 0
     for mode, size, draft in (("L", 64, 128), ("RGB", 256, None)):
-        fast = [decode_file(_entry(p), size, mode, draft_size=draft) for p in files]
+        plan = DecodePlan(size, mode, draft_size=draft)
+        fast = [decode_file(_entry(p), plan) for p in files]
         fast_used += sum(jpeg.probe(p.read_bytes()) is not None for p in files)
         with monkeypatch.context() as m:
             _pillow_only(m)
-            slow = [decode_file(_entry(p), size, mode, draft_size=draft) for p in files]
+            slow = [decode_file(_entry(p), plan) for p in files]
         for a, b in zip(fast, slow):
             assert (a.status, a.format, a.width, a.height) == (b.status, b.format, b.width, b.height), a.path
             if a.status == STATUS_OK:
@@ -215,12 +218,12 @@ def test_unusual_jpegs_are_left_to_pillow(tmp_path, monkeypatch):
     assert jpeg.probe(mangled) is None
     path = tmp_path / "junk-exif.jpg"
     path.write_bytes(mangled)
-    d = decode_file(_entry(path), WS)                                  # Pillow decides
+    d = decode_file(_entry(path), RGB)                                  # Pillow decides
     assert d.status == STATUS_OK and (d.width, d.height, d.format) == (160, 120, "JPEG")
     mpo = tmp_path / "two.mpo"
     rgb.save(mpo, "MPO", save_all=True, append_images=[rgb.rotate(90)])
     assert jpeg.probe(mpo.read_bytes()) is None
-    assert decode_file(_entry(mpo), WS).format == "MPO"
+    assert decode_file(_entry(mpo), RGB).format == "MPO"
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 160 * 120 - 1)       # over the pixel limit
     assert jpeg.probe(plain) is None
 
@@ -229,9 +232,10 @@ def test_truncated_jpeg_fails_on_the_fast_path_as_with_pillow(tmp_path, photos, 
     src = sorted((photos / "images").iterdir())[0].read_bytes()
     path = tmp_path / "cut.jpg"
     path.write_bytes(src[: len(src) // 2])
-    fast = decode_file(_entry(path), WS, "L", draft_size=128)
+    luma = DecodePlan(WS, "L", draft_size=128)
+    fast = decode_file(_entry(path), luma)
     _pillow_only(monkeypatch)
-    slow = decode_file(_entry(path), WS, "L", draft_size=128)
+    slow = decode_file(_entry(path), luma)
     assert fast.status == slow.status == STATUS_FAILED and "truncated" in slow.error
 
 
@@ -239,13 +243,13 @@ _PEAK = """
 import io, os, resource, sys
 import numpy as np
 from PIL import Image
-from alice_gpu.decoding import decode_file
-from alice_gpu.discovery import FileEntry
+from alice_gpu.decode import DecodePlan, decode_file
+from alice_gpu.records import FileEntry
 small = sys.argv[1] + ".small.png"
 Image.new("RGBA", (64, 64)).save(small)
-decode_file(FileEntry(small, os.path.getsize(small), 0), 256)          # warm up
+decode_file(FileEntry(small, os.path.getsize(small), 0), DecodePlan(256))          # warm up
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-d = decode_file(FileEntry(sys.argv[1], os.path.getsize(sys.argv[1]), 0), 256)
+d = decode_file(FileEntry(sys.argv[1], os.path.getsize(sys.argv[1]), 0), DecodePlan(256))
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(d.status, (peak - base) / 1024)
 """
@@ -258,7 +262,7 @@ def test_huge_png_is_decoded_in_about_one_frame_of_memory(tmp_path, mode):
     import subprocess
     import sys
 
-    from alice_gpu.decoding import _finish, _shrink
+    from alice_gpu.decode.pillow import finish, shrink
 
     w, h = 6000, 4000                                       # 24 MP, over the 16.7 MP mark
     x = np.linspace(0, 255, w, dtype=np.float32)[None, :]
@@ -280,8 +284,8 @@ def test_huge_png_is_decoded_in_about_one_frame_of_memory(tmp_path, mode):
     assert float(grew) < 1.5 * frame_mb + 40, (grew, frame_mb)
     with Image.open(path) as im:                           # and the picture is the same
         im.load()
-        shrunk = _finish(_shrink(im, 256), 1, "RGB", 256).astype(int)
-        full = _finish(im, 1, "RGB", 256).astype(int)
+        shrunk = finish(shrink(im, 256), 1, "RGB", 256).astype(int)
+        full = finish(im, 1, "RGB", 256).astype(int)
     assert np.abs(shrunk - full).mean() < 1.5
 
 
@@ -290,7 +294,7 @@ def test_records_cross_process_boundaries_whole():
     import dataclasses
     import pickle
 
-    from alice_gpu.decoding import Decoded
+    from alice_gpu.records import Decoded
 
     values = {f.name: f"v-{f.name}" for f in dataclasses.fields(Decoded)}
     back = pickle.loads(pickle.dumps(Decoded(**values)))

@@ -1,4 +1,4 @@
-"""The CPU/GPU split (alice_gpu.device): what can be checked without a GPU is checked here;
+"""The CPU/GPU split (alice_gpu.gpu): what can be checked without a GPU is checked here;
 the CUDA-only parts run when a GPU is present."""
 
 from __future__ import annotations
@@ -8,11 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from alice_gpu.decoding import STATUS_OK, STATUS_RAW, decode_file
-from alice_gpu.device import DeviceError, Stager, _orient, select_device
-from alice_gpu.discovery import FileEntry
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+from alice_gpu.decode import DecodePlan, decode_file
+from alice_gpu.errors import DeviceError
+from alice_gpu.gpu.devices import select_device
+from alice_gpu.gpu.nvjpeg import orient
+from alice_gpu.gpu.staging import Stager
+from alice_gpu.records import STATUS_OK, STATUS_RAW, FileEntry
+from conftest import cuda_test
 
 PIL_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                  4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -25,7 +27,7 @@ def test_device_orientation_matches_pillow(orientation):
     arr = np.random.default_rng(orientation).integers(0, 255, (5, 7, 3), dtype=np.uint8)
     ref = arr if orientation == 1 else np.asarray(Image.fromarray(arr).transpose(
         PIL_TRANSPOSE[orientation]))
-    got = _orient(torch.from_numpy(arr).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
+    got = orient(torch.from_numpy(arr).permute(2, 0, 1), orientation).permute(1, 2, 0).numpy()
     assert got.shape == ref.shape and np.array_equal(got, ref)
 
 
@@ -58,17 +60,19 @@ def test_workers_hand_jpeg_bytes_to_the_gpu_decoder(tmp_path):
     png = tmp_path / "b.png"
     Image.new("RGB", (40, 20)).save(png)
     st = path.stat()
-    d = decode_file(FileEntry(str(path), st.st_size, st.st_mtime_ns), 32, raw_jpeg=True)
+    raw = DecodePlan(32, gpu_decode=True)
+    d = decode_file(FileEntry(str(path), st.st_size, st.st_mtime_ns), raw)
     assert d.status == STATUS_RAW and d.raw == path.read_bytes() and d.orientation == 6
     assert (d.width, d.height) == (20, 40) and d.pixels is None
-    p = decode_file(FileEntry(str(png), 1, 1), 32, raw_jpeg=True)
+    p = decode_file(FileEntry(str(png), 1, 1), raw)
     assert p.status == STATUS_OK and p.pixels.shape == (32, 32, 3)   # non-JPEG: Pillow
 
 
-@needs_cuda
+@cuda_test
 def test_gpu_jpeg_decode_is_close_to_pillow(photo_set):
-    from alice_gpu.device import gpu_decode_jpegs
-    from alice_gpu.hashing import compute_hashes, hamming, to_uint64
+    from alice_gpu.features.hashes_np import hamming
+    from alice_gpu.features.hashes_torch import compute_hashes, to_uint64
+    from alice_gpu.gpu.nvjpeg import gpu_decode_jpegs
 
     _, paths, pixels = photo_set
     datas = [open(p, "rb").read() for p in paths[:64]]
@@ -81,9 +85,9 @@ def test_gpu_jpeg_decode_is_close_to_pillow(photo_set):
     assert np.mean([hamming(a, b) <= 4 for a, b in zip(gpu, cpu)]) >= 0.9
 
 
-@needs_cuda
+@cuda_test
 def test_gpu_decode_rejects_garbage_without_sinking_the_batch(photo_set):
-    from alice_gpu.device import gpu_decode_jpegs
+    from alice_gpu.gpu.nvjpeg import gpu_decode_jpegs
 
     _, paths, _ = photo_set
     good = open(paths[0], "rb").read()

@@ -4,7 +4,7 @@ import os
 import socket
 import stat
 
-from alice_gpu.discovery import discover, is_media, walk
+from alice_gpu.discover import discover, is_media, walk
 
 JPEG_HEAD = b"\xff\xd8\xff\xe0" + b"\0" * 32
 

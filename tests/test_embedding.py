@@ -5,8 +5,9 @@ import pytest
 import torch
 from torchvision.models import EfficientNet_B0_Weights
 
-from alice_gpu.embedding import (EFFICIENTNET_LITE0, ModelError, create_model, list_models,
-                                 model_cfg, register_model)
+from alice_gpu.errors import ModelError
+from alice_gpu.features.modelcfg import EFFICIENTNET_LITE0
+from alice_gpu.features.models import create_model, list_models, model_cfg, register_model
 
 
 def _accuracy(model, pixels: np.ndarray, rows: list[dict], device) -> tuple[float, float]:

@@ -8,9 +8,11 @@ import pytest
 import torch
 from PIL import Image
 
-from alice_gpu import blocks, hashing_cpu
-from alice_gpu.hashing import (HASHES, HashAlgorithm, compute_hashes, get_hash, hamming,
-                               hash_hex, resize_gray, to_gray, to_uint64)
+from alice_gpu.decode import blocks
+from alice_gpu.features import hashes_np as hashing_cpu
+from alice_gpu.features.hashes_np import hamming, hash_hex
+from alice_gpu.features.hashes_torch import (HASHES, HashAlgorithm, compute_hashes, get_hash,
+                                             resize_gray, to_gray, to_uint64)
 from conftest import DEVICES
 
 REFERENCE = {"ahash": imagehash.average_hash, "dhash": imagehash.dhash,
@@ -141,9 +143,9 @@ def test_hash_only_decode_path_keeps_compatibility(photo_set, reference_hashes):
     from dataclasses import replace
 
     from alice_gpu.config import Config
-    from alice_gpu.discovery import FileEntry
-    from alice_gpu.hashing_cpu import decode_and_hash
-    from alice_gpu.pipeline import decode_plan
+    from alice_gpu.features.worker import decode_and_hash
+    from alice_gpu.pipeline.run import decode_plan
+    from alice_gpu.records import FileEntry
 
     _, paths, _ = photo_set
     cfg = Config()
@@ -235,19 +237,19 @@ def test_estimate_from_block_means_is_close_to_the_real_resize():
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_orient_is_pils_transpose(orientation):
-    from alice_gpu.decoding import _UPRIGHT
+    from alice_gpu.decode.pillow import UPRIGHT
 
     a = np.arange(35, dtype=np.uint8).reshape(5, 7)
-    want = (np.asarray(Image.fromarray(a).transpose(_UPRIGHT[orientation]))
-            if orientation in _UPRIGHT else a)
+    want = (np.asarray(Image.fromarray(a).transpose(UPRIGHT[orientation]))
+            if orientation in UPRIGHT else a)
     assert np.array_equal(blocks.orient(a, orientation), want)
 
 
 def test_block_means_follow_exif_orientation(near_dups):
     """Landscape_1..8 hold one picture stored in the 8 EXIF orientations: the same hashes."""
-    from alice_gpu.decoding import DecodePlan
-    from alice_gpu.discovery import FileEntry
-    from alice_gpu.hashing_cpu import decode_and_hash
+    from alice_gpu.decode import DecodePlan
+    from alice_gpu.features.worker import decode_and_hash
+    from alice_gpu.records import FileEntry
 
     folder = near_dups / "exif_orientation_landscape"
     plan = DecodePlan(64, "L", hash_in_worker=True, draft_size=128, block_means=True)
@@ -261,9 +263,8 @@ def test_block_means_follow_exif_orientation(near_dups):
 
 def test_block_means_only_for_jpegs_in_range(tmp_path):
     """Small and huge JPEGs, other formats and colour runs keep the decode-and-resize path."""
-    from alice_gpu import jpeg
-    from alice_gpu.decoding import decode_file
-    from alice_gpu.discovery import FileEntry
+    from alice_gpu.decode import DecodePlan, decode_file, jpeg
+    from alice_gpu.records import FileEntry
 
     rng = np.random.default_rng(0)
     cases = {"small.jpg": (200, 150, "JPEG", False), "mid.jpg": (500, 375, "JPEG", True),
@@ -274,8 +275,8 @@ def test_block_means_only_for_jpegs_in_range(tmp_path):
         smooth = np.kron(rng.integers(0, 255, (h // 25 + 1, w // 25 + 1, 3)), np.ones((25, 25, 1)))
         Image.fromarray(smooth[:h, :w].astype(np.uint8)).save(path, fmt)
         entry = FileEntry(str(path), 0, 0)
-        got = decode_file(entry, 64, "L", draft_size=128, block_means=True)
-        plain = decode_file(entry, 64, "L", draft_size=128)
+        got = decode_file(entry, DecodePlan(64, "L", draft_size=128, block_means=True))
+        plain = decode_file(entry, DecodePlan(64, "L", draft_size=128))
         assert got.status == plain.status == "ok", (got.error, plain.error)
         data = path.read_bytes()
         if estimated:
@@ -286,9 +287,10 @@ def test_block_means_only_for_jpegs_in_range(tmp_path):
             assert corr > 0.95, (name, corr)             # the same picture
         else:
             assert np.array_equal(got.pixels, plain.pixels), name
-        rgb = decode_file(entry, 64, "RGB", draft_size=128, block_means=True)
+        rgb = decode_file(entry, DecodePlan(64, "RGB", draft_size=128, block_means=True))
         assert rgb.pixels.shape == (64, 64, 3)
     # a larger working size needs more blocks: 500 x 375 has too few for 128 px
     entry = FileEntry(str(tmp_path / "mid.jpg"), 0, 0)
-    assert np.array_equal(decode_file(entry, 128, "L", draft_size=256, block_means=True).pixels,
-                          decode_file(entry, 128, "L", draft_size=256).pixels)
+    assert np.array_equal(
+        decode_file(entry, DecodePlan(128, "L", draft_size=256, block_means=True)).pixels,
+        decode_file(entry, DecodePlan(128, "L", draft_size=256)).pixels)

@@ -1,5 +1,5 @@
-"""CUDA kernels in kernels/: they compile for Hopper wherever nvcc exists, and on a GPU
-they give exactly the CPU reference's answers (alice_gpu.vectors)."""
+"""CUDA kernels in kernels/: they compile for Hopper wherever nvcc exists, they ship in the
+package, and on a GPU they give exactly the CPU reference's answers (alice_gpu.search.hamming)."""
 
 from __future__ import annotations
 
@@ -9,17 +9,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from alice_gpu.vectors import hamming_pairs, hamming_topk
+from alice_gpu.gpu.kernels import KERNELS as LOADED, kernel_source
+from alice_gpu.search.hamming import hamming_pairs, hamming_topk
+from conftest import cuda_test
 
 KERNELS = sorted((Path(__file__).resolve().parent.parent / "kernels").glob("*.cu"))
 NVCC = shutil.which("nvcc")
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_there_are_kernels():
-    assert {p.name for p in KERNELS} >= {"hamming_pairs.cu", "hamming_topk.cu"}
+def test_every_kernel_the_code_loads_ships_with_the_package():
+    assert {p.stem for p in KERNELS} == set(LOADED)
+    for stem, functions in LOADED.items():
+        source = kernel_source(stem)          # importlib.resources, as an installed package
+        for name in functions:
+            assert f"void {name}(" in source, (stem, name)
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed on this machine")
@@ -44,25 +48,25 @@ def _codes(n: int, seed: int) -> np.ndarray:
     return codes
 
 
-@needs_cuda
+@cuda_test
 @pytest.mark.parametrize("n, threshold", [(1, 4), (257, 0), (1000, 6), (5000, 10)])
 def test_cuda_pairs_equal_cpu_reference(n, threshold):
-    from alice_gpu.device import cuda_hamming_pairs
+    from alice_gpu.gpu.kernels import cuda_hamming_pairs
 
     codes = _codes(n, n)
     ref = hamming_pairs(codes, threshold)
-    got = cuda_hamming_pairs(codes, threshold, torch.device("cuda"))
+    got = cuda_hamming_pairs(codes, threshold, 0)
     for a, b in zip(ref, got):
         assert np.array_equal(a, b)
 
 
-@needs_cuda
+@cuda_test
 @pytest.mark.parametrize("n, k", [(1, 3), (100, 10), (4097, 50), (20000, 7)])
 def test_cuda_topk_equals_cpu_reference(n, k):
-    from alice_gpu.device import cuda_hamming_topk
+    from alice_gpu.gpu.kernels import cuda_hamming_topk
 
     codes = _codes(n, k)
     for q in (codes[0], codes[-1], np.uint64(0)):
         ref = hamming_topk(int(q), codes, k)
-        got = cuda_hamming_topk(int(q), codes, k, torch.device("cuda"))
+        got = cuda_hamming_topk(int(q), codes, k, 0)
         assert np.array_equal(ref[0], got[0]) and np.array_equal(ref[1], got[1])

@@ -13,8 +13,8 @@ import time
 
 import numpy as np
 
+from alice_gpu.search.vectors import VectorIndex
 from alice_gpu.store import Store
-from alice_gpu.vectors import VectorIndex
 
 EXE = shutil.which("alice-gpu") or os.path.join(os.path.dirname(sys.executable), "alice-gpu")
 ITERATIONS = 20

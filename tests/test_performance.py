@@ -12,11 +12,13 @@ import yaml
 
 import alice_gpu
 from alice_gpu.config import load_config
-from alice_gpu.features import FeatureExtractor
-from alice_gpu.decoding import DecodePlan
-from alice_gpu.pipeline import decode_stream, start_pool
-from alice_gpu.discovery import walk
-from alice_gpu.store import DB_FILE, SCHEMA_VERSION, STATUS_OK, AssetRecord, Store
+from alice_gpu.decode import DecodePlan
+from alice_gpu.discover import walk
+from alice_gpu.features.extractor import FeatureExtractor
+from alice_gpu.pipeline.dispatch import decode_stream
+from alice_gpu.pipeline.pool import DecodePool
+from alice_gpu.records import STATUS_OK, AssetRecord
+from alice_gpu.store import DB_FILE, SCHEMA_VERSION, Store, stored_version
 
 
 @pytest.fixture
@@ -132,19 +134,19 @@ def test_query_cache_hits_and_is_invalidated_by_writes(tmp_path, small):
 def test_small_jobs_decode_in_process_and_large_ones_in_a_pool(small):
     entries = list(walk([small]))
     plan = DecodePlan(64, "L", hash_in_worker=True, keep_pixels=False)
-    pool = start_pool(2)
+    pool = DecodePool(2, timeout=60)
     try:
         calls = []
         real_submit = pool.submit
         pool.submit = lambda *a, **k: calls.append(1) or real_submit(*a, **k)
-        small_run = list(decode_stream(entries, plan, pool, 2, max_in_flight=8,
+        small_run = list(decode_stream(entries, plan, pool, max_in_flight=8,
                                        parallel_threshold=len(entries) + 1))
         assert calls == []                         # below the threshold: in-process
-        big_run = list(decode_stream(entries, plan, pool, 2, max_in_flight=8,
+        big_run = list(decode_stream(entries, plan, pool, max_in_flight=8,
                                      parallel_threshold=len(entries)))
         assert len(calls) >= 3                     # chunks of at most 2 files went to the pool
     finally:
-        pool.shutdown()
+        pool.close()
     assert [d.path for d in small_run] == [d.path for d in big_run] == [e.path for e in entries]
     assert [d.hashes for d in small_run] == [d.hashes for d in big_run]
 
@@ -176,7 +178,7 @@ def test_schema_1_is_migrated_with_a_backup(tmp_path):
     with pytest.raises(Exception, match="run `alice-gpu index` once"):
         Store(folder, model="test", dim=4, read_only=True)
     with Store(folder, model="test", dim=4) as store:
-        assert store._stored_version() == SCHEMA_VERSION == 3
+        assert stored_version(store.con) == SCHEMA_VERSION == 3
         cols = {r[0] for r in store.con.execute("DESCRIBE assets").fetchall()}
         assert "content_hash" in cols
     assert (folder / f"{DB_FILE}.v1.bak").exists()
@@ -192,7 +194,7 @@ def test_schema_2_blake2b_content_hashes_are_dropped_with_a_backup(tmp_path):
     con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     con.close()
     with Store(folder, model="test", dim=4) as store:
-        assert store._stored_version() == 3
+        assert stored_version(store.con) == 3
         assert store.con.execute("SELECT path, content_hash FROM assets").fetchall() == [
             ("/x/a.jpg", None)]
     assert (folder / f"{DB_FILE}.v2.bak").exists()
@@ -201,7 +203,7 @@ def test_schema_2_blake2b_content_hashes_are_dropped_with_a_backup(tmp_path):
 def test_content_hash_is_the_sha256_users_can_check(photos):
     import hashlib
 
-    from alice_gpu.decoding import decode_path
+    from alice_gpu.decode import decode_path
 
     src = sorted((photos / "images").iterdir())[0]
     assert decode_path(str(src), 64).content_hash == hashlib.sha256(src.read_bytes()).hexdigest()

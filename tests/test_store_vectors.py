@@ -5,8 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from alice_gpu.store import AssetRecord, Store, StoreError
-from alice_gpu.vectors import INDEX_FILE, SIDECAR_FILE, VectorIndex, hamming_pairs, hamming_topk
+from alice_gpu.errors import StoreError
+from alice_gpu.records import AssetRecord
+from alice_gpu.search.hamming import hamming_pairs, hamming_topk
+from alice_gpu.search.vectors import INDEX_FILE, SIDECAR_FILE, VectorIndex
+from alice_gpu.store import Store
 
 DIM = 8
 

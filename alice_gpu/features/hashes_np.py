@@ -1,12 +1,12 @@
-"""Stage 4a on the CPU: the same four hashes in numpy, computed inside the decode workers.
+"""Features on the CPU: the four perceptual hashes in numpy, computed inside the decode workers.
 
-This module is torch-free so decode workers can use it: with
-``parallel_hash_computation`` the hashes of a CPU run are computed in the
-worker processes (all cores, no pixel transfer), and a hash-only run never
-imports torch at all. It also holds the resampling and DCT matrices that the
-torch implementation in :mod:`alice_gpu.hashing` uses, so both compute the
-same arithmetic (float64, Pillow's Lanczos weights) and give the same bits;
-the tests compare them on real photos.
+Torch-free so decode workers can use it: with ``parallel_hash_computation``
+the hashes of a CPU run are computed in the worker processes (all cores, no
+pixel transfer), and a hash-only run never imports torch at all. It also holds
+the resampling and DCT matrices that the torch implementation
+(:mod:`.hashes_torch`) uses, so both compute the same arithmetic (float64,
+Pillow's Lanczos weights) and give the same bits; the tests compare them on
+real photos.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from typing import Sequence
 
 import numpy as np
 
-from .blocks import lanczos_rows
-from .decoding import STATUS_OK, Decoded, DecodePlan, decode_file
-from .discovery import FileEntry
+from ..decode.blocks import lanczos_rows
+from ..records import STATUS_OK, Decoded
+
+HASH_BITS = 64
 
 _WEIGHTS = np.array([19595, 38470, 7471], dtype=np.int32)
 _BIT_WEIGHTS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64))
@@ -87,24 +88,21 @@ def hashes(pixels: np.ndarray) -> dict[str, np.ndarray]:
     return {k: pack_bits(v) for k, v in hash_bits(gray).items()}
 
 
-def decode_and_hash(entries: Sequence[FileEntry], plan: DecodePlan,
-                    known: dict[int, frozenset[str]] | None = None) -> list[Decoded]:
-    """Worker entry point: decode, hash on the spot (``plan.hash_in_worker``), drop pixels.
+def hash_decoded(decoded: Sequence[Decoded]) -> None:
+    """Fill ``hashes`` of the OK records in place: one vectorised pass over their pixels."""
+    ok = [d for d in decoded if d.status == STATUS_OK and d.pixels is not None]
+    if not ok:
+        return
+    batch = hashes(np.stack([d.pixels for d in ok]))
+    for i, d in enumerate(ok):
+        d.hashes = {k: int(v[i]) for k, v in batch.items()}
 
-    ``known`` maps a file size to the content hashes of indexed files of that size:
-    a byte-identical file is recognised after reading it, and not decoded.
-    """
-    known = known or {}
-    empty: frozenset[str] = frozenset()
-    out = [decode_file(entry, plan.working_size, plan.mode, known.get(entry.size, empty),
-                       plan.gpu_decode, plan.draft_size, plan.block_means)
-           for entry in entries]
-    ok = [d for d in out if d.status == STATUS_OK]
-    if plan.hash_in_worker and ok:
-        batch = hashes(np.stack([d.pixels for d in ok]))   # one vectorised pass per chunk
-        for i, d in enumerate(ok):
-            d.hashes = {k: int(v[i]) for k, v in batch.items()}
-    if not plan.keep_pixels:
-        for d in ok:
-            d.pixels = None
-    return out
+
+def hash_hex(value: int) -> str:
+    """16-digit hex in imagehash's ``str()`` order."""
+    return f"{int(value) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def hamming(a: int, b: int) -> int:
+    """Bits that differ between two packed 64-bit hashes."""
+    return (int(a) ^ int(b)).bit_count()

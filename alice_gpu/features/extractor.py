@@ -1,7 +1,9 @@
-"""Stage 4, features: a batch of decoded images in, hashes and embeddings out, on one device.
+"""Features on a device: batches of uint8 images in, hashes and embeddings out.
 
-The pipeline imports this module only when there is something to compute,
-so a run with nothing to do never pays for importing torch.
+:class:`FeatureExtractor` is the batched compute under the stage callable
+(:class:`~alice_gpu.features.stage.Featuriser`). The pipeline imports this
+module only when there is something to compute on a device, so a run with
+nothing to do, or a CPU hash-only run, never pays for importing torch.
 """
 
 from __future__ import annotations
@@ -14,10 +16,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .device import Stager, free_cached_memory, is_out_of_memory, model_batch_size
-from .embedding import EmbeddingModel, create_model
-from .hashing import compute_hashes, to_uint64
-from .metrics import StageTimer
+from ..errors import reason
+from ..gpu.devices import free_cached_memory, is_out_of_memory, model_batch_size
+from ..gpu.staging import Stager
+from .hashes_torch import compute_hashes, to_uint64
+from .models import EmbeddingModel, create_model
+from .stage import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +78,7 @@ class FeatureExtractor:
             return out_hashes, emb
 
     def submit(self, pixels: Sequence[np.ndarray] | None, hashes: bool = True, embed: bool = True,
-               timer: StageTimer | None = None, batch: torch.Tensor | None = None) -> Pending:
+               timer: StageClock | None = None, batch: torch.Tensor | None = None) -> Pending:
         """Launch one batch (host ``pixels``, or a ``batch`` already on the device)."""
         n = len(batch) if batch is not None else len(pixels)
         try:
@@ -107,7 +111,7 @@ class FeatureExtractor:
         return Pending(finish)
 
     def _recover(self, exc: BaseException, pixels, batch, hashes: bool, embed: bool,
-                 timer: StageTimer | None) -> list[Features]:
+                 timer: StageClock | None) -> list[Features]:
         items = list(pixels) if pixels is not None else [b for b in batch]
         if is_out_of_memory(exc):
             free_cached_memory(self.device)
@@ -118,7 +122,7 @@ class FeatureExtractor:
                 return [f for part in (items[:half], items[half:]) if part
                         for f in self._extract_items(part, pixels is not None, hashes, embed, timer)]
         if len(items) == 1:
-            return [Features(None, None, f"features: {type(exc).__name__}: {exc}"[:300])]
+            return [Features(None, None, reason(exc, "features: "))]
         log.warning("batch of %d failed on %s (%s); retrying one by one",
                     len(items), self.device, exc)
         return [f for item in items
@@ -130,6 +134,6 @@ class FeatureExtractor:
         return self.submit(None, hashes, embed, timer, batch=torch.stack(items)).result()
 
     def extract(self, pixels: Sequence[np.ndarray], hashes: bool = True, embed: bool = True,
-                timer: StageTimer | None = None) -> list[Features]:
+                timer: StageClock | None = None) -> list[Features]:
         """Features per image; a failing batch is halved (out of memory) or split per image."""
         return self.submit(pixels, hashes, embed, timer).result()

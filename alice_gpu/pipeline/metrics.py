@@ -1,19 +1,22 @@
 """Run metrics (the seed's PerformanceMetrics): stage timers and peak memory of the process tree.
 
 ``memory_usage_mb`` is the peak of the summed resident memory of this process
-and its decode workers, sampled from /proc every 100 ms (where /proc is
-missing, the larger of our own and our largest child's peak RSS).
+and all its descendants (the decode workers, and a fork server's), sampled
+with psutil every 100 ms, and never less than the peak RSS the kernel reports
+for this process or its largest waited-for child.
 """
 
 from __future__ import annotations
 
-import os
+import itertools
 import resource
 import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
+
+import psutil
 
 STAGES = ("discover", "decode", "transfer", "compute", "write")
 
@@ -66,26 +69,15 @@ class StageTimer:
             self.add(stage, time.perf_counter() - t)
 
 
-def _tree_rss_mb(pid: int) -> float:
-    """Resident MB of ``pid`` and its direct children (the decode workers)."""
-    total = 0
-    pids = [pid]
-    try:
-        with open(f"/proc/{pid}/task/{pid}/children") as fh:
-            pids += [int(p) for p in fh.read().split()]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/statm") as fh:
-                total += int(fh.read().split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
 class PeakMemory:
-    """Samples the process tree's RSS in a daemon thread; ``peak_mb`` after ``stop``."""
+    """Samples the process tree's RSS in a daemon thread; ``peak_mb`` after ``stop``.
+
+    Listing descendants means reading every process's stat on the machine, so the
+    list is refreshed once a second (and when a process vanishes); each 100 ms
+    sample only reads the listed processes' RSS.
+    """
+
+    REFRESH = 10   # samples between two listings of the descendants
 
     def __init__(self, interval: float = 0.1):
         self.interval = interval
@@ -94,14 +86,23 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, name="alice-rss", daemon=True)
 
     def _run(self) -> None:
-        pid = os.getpid()
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, _tree_rss_mb(pid))
-            self._stop.wait(self.interval)
+        me = psutil.Process()
+        procs: list[psutil.Process] = []
+        for n in itertools.count():
+            if n % self.REFRESH == 0 or not procs:
+                procs = _tree(me)
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:       # a worker gone: list them again next time
+                    procs = []
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+            if self._stop.wait(self.interval):
+                return
 
     def __enter__(self) -> "PeakMemory":
-        if os.path.exists("/proc/self/statm"):
-            self._thread.start()
+        self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -111,3 +112,11 @@ class PeakMemory:
         own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         self.peak_mb = max(self.peak_mb, own, child)
+
+
+def _tree(proc: psutil.Process) -> list[psutil.Process]:
+    """``proc`` and all its descendants (decode workers, a fork server and its children)."""
+    try:
+        return [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return [proc]

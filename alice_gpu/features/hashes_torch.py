@@ -1,4 +1,4 @@
-"""Stage 4a, perceptual hashes as batched torch ops (same code on cpu and cuda).
+"""Features on a device: the perceptual hashes as batched torch ops (same code on cpu and cuda).
 
 Definitions follow the ``imagehash`` library so users' thresholds carry over:
 grayscale with Pillow's ITU-R 601-2 luma, Pillow's antialiased Lanczos resize
@@ -22,9 +22,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from .hashing_cpu import dct_matrix, lanczos_matrix
-
-HASH_BITS = 64
+from .hashes_np import HASH_BITS, dct_matrix, lanczos_matrix
 _SHIFTS = torch.arange(HASH_BITS - 1, -1, -1, dtype=torch.int64)
 
 
@@ -138,12 +136,3 @@ def compute_hashes(batch: torch.Tensor, names: tuple[str, ...] = tuple(HASHES)
 def to_uint64(values: torch.Tensor | np.ndarray) -> np.ndarray:
     arr = values.cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
     return arr.astype(np.int64, copy=False).view(np.uint64)
-
-
-def hash_hex(value: int) -> str:
-    """16-digit hex in imagehash's ``str()`` order."""
-    return f"{int(value) & 0xFFFFFFFFFFFFFFFF:016x}"
-
-
-def hamming(a: int, b: int) -> int:
-    return (int(a) ^ int(b)).bit_count()

@@ -13,6 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Iterable, Iterator, Mapping
 
+from .records import FileEntry
+
 log = logging.getLogger(__name__)
 
 MEDIA_EXTENSIONS = frozenset({
@@ -30,20 +32,6 @@ _MAGIC: tuple[tuple[int, bytes], ...] = (
     (8, b"WEBP"),                    # RIFF....WEBP
     (4, b"ftypavif"), (4, b"ftypheic"), (4, b"ftypmif1"),
 )
-
-
-@dataclass(frozen=True, slots=True)
-class FileEntry:
-    """A media file found on disk, with the stat facts change detection uses."""
-
-    path: str
-    size: int
-    mtime_ns: int
-
-    def __reduce__(self):
-        # sent to a decode worker with every file: a slots dataclass's default pickling
-        # calls fields() per object, several times the cost of this tuple
-        return FileEntry, (self.path, self.size, self.mtime_ns)
 
 
 @dataclass(frozen=True)

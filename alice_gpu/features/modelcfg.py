@@ -1,6 +1,6 @@
 """Model metadata without torch: what the store and the pipeline need to know of a model.
 
-Kept apart from :mod:`alice_gpu.embedding` (which builds the networks) so that
+Kept apart from :mod:`.models` (which builds the networks) so that
 opening an index, or a hash-only run, never imports torch.
 """
 
@@ -21,7 +21,6 @@ class PretrainedCfg:
     dim: int
     num_classes: int
     padding: str = "same"              # "same" (TensorFlow) or "symmetric" (PyTorch)
-
 
 
 EFFICIENTNET_LITE0 = PretrainedCfg(

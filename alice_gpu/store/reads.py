@@ -1,0 +1,186 @@
+"""Reads of the store: what discovery, reuse, queries and ``stats`` need to know.
+
+Results come back as numpy columns or small dicts; queries that take ids or
+paths from Python join against a registered Arrow table, never a long ``IN`` list.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+import numpy as np
+
+from ..config import HASH_NAMES as HASHES
+from .paths import from_db, to_db
+from .schema import ASSET_COLUMNS, first
+
+
+class Reads:
+    """The read side of :class:`~alice_gpu.store.Store` (a mixin over its connection)."""
+
+    con: duckdb.DuckDBPyConnection
+    folder: Path
+    model: str
+    dim: int
+
+    def known_state(self, require_embedding: bool, retry_failed: bool = False
+                    ) -> dict[str, tuple[int, int]]:
+        """(size, mtime_ns) of every stored path whose work is complete for this run.
+
+        Failed files count as complete (they would fail again) unless ``retry_failed``.
+        """
+        sql = "SELECT a.path, a.size, a.mtime_ns FROM assets a"
+        ok = "a.status = 'ok'"
+        if require_embedding:
+            sql += " LEFT JOIN embeddings e ON e.asset_id = a.id"
+            ok += " AND e.asset_id IS NOT NULL"
+        sql += f" WHERE ({ok})" + ("" if retry_failed else " OR a.status <> 'ok'")
+        cols = self.con.execute(sql).fetchnumpy()
+        return {from_db(p): (int(s), int(m))
+                for p, s, m in zip(cols["path"], cols["size"], cols["mtime_ns"])}
+
+    def path_ids(self) -> dict[str, int]:
+        """Every stored path with its id (ids are kept when a file changes)."""
+        cols = self.con.execute("SELECT path, id FROM assets").fetchnumpy()
+        return {from_db(p): i for p, i in zip(cols["path"].tolist(), cols["id"].tolist())}
+
+    def has_assets(self) -> bool:
+        return bool(self.con.execute("SELECT count(*) FROM (SELECT 1 FROM assets LIMIT 1)"
+                                     ).fetchall()[0][0])
+
+    def contents_by_size(self, sizes: set[int], require_embedding: bool
+                         ) -> dict[int, frozenset[str]]:
+        """Content hashes of complete assets whose size is in ``sizes``, by size."""
+        if not sizes:
+            return {}
+        import pyarrow as pa   # on first use: not on the path to the first decode
+        self.con.register("_sz", pa.table({"size": pa.array(sorted(sizes), pa.int64())}))
+        try:
+            sql = "SELECT DISTINCT a.size, a.content_hash FROM assets a JOIN _sz USING (size)"
+            if require_embedding:
+                sql += " JOIN embeddings e ON e.asset_id = a.id"
+            sql += " WHERE a.status = 'ok' AND a.content_hash IS NOT NULL"
+            rows = self.con.execute(sql).fetchall()
+        finally:
+            self.con.unregister("_sz")
+        out: dict[int, set[str]] = {}
+        for size, digest in rows:
+            out.setdefault(int(size), set()).add(digest)
+        return {k: frozenset(v) for k, v in out.items()}
+
+    def features_by_content(self, content_hashes: Iterable[str], require_embedding: bool
+                            ) -> dict[str, dict[str, Any]]:
+        """Complete features of assets with these content hashes (one asset per hash)."""
+        keys = sorted(set(content_hashes))
+        if not keys:
+            return {}
+        import pyarrow as pa   # on first use: not on the path to the first decode
+        self.con.register("_ch", pa.table({"content_hash": pa.array(keys, pa.string())}))
+        try:
+            join = "JOIN" if require_embedding else "LEFT JOIN"
+            rows = self.con.execute(
+                f"SELECT a.content_hash, a.width, a.height, a.format, "
+                f"{', '.join('a.' + h for h in HASHES)}, e.vector "
+                f"FROM assets a JOIN _ch USING (content_hash) "
+                f"{join} embeddings e ON e.asset_id = a.id "
+                f"WHERE a.status = 'ok' ORDER BY a.id").fetchall()
+        finally:
+            self.con.unregister("_ch")
+        out: dict[str, dict[str, Any]] = {}
+        for row in rows:
+            ch, w, h, fmt, *hashes, vec = row
+            out.setdefault(ch, {"width": w, "height": h, "format": fmt,
+                                "hashes": dict(zip(HASHES, (int(x) for x in hashes))),
+                                "embedding": None if vec is None else np.asarray(vec, np.float32)})
+        return out
+
+    def max_id(self) -> int:
+        return int(self.con.execute("SELECT coalesce(max(id), 0) FROM assets").fetchall()[0][0])
+
+    def asset(self, path: str) -> dict[str, Any] | None:
+        cur = self.con.execute(f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets WHERE path = ?",
+                               [to_db(path)])
+        row = first(cur.fetchall())
+        return _row(row) if row else None
+
+    def assets_by_ids(self, ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+        ids = [int(i) for i in ids]
+        if not ids:
+            return {}
+        import pyarrow as pa   # on first use: not on the path to the first decode
+        self.con.register("_q", pa.table({"id": pa.array(ids, pa.int64())}))
+        try:
+            cur = self.con.execute(f"SELECT {', '.join('a.' + c for c in ASSET_COLUMNS)} "
+                                   f"FROM assets a JOIN _q USING (id)")
+            return {row[0]: _row(row) for row in cur.fetchall()}
+        finally:
+            self.con.unregister("_q")
+
+    def hashes(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64, hashes uint64) of every OK asset."""
+        if kind not in HASHES:
+            raise ValueError(f"unknown hash {kind!r}")
+        cols = self.con.execute(f"SELECT id, {kind} FROM assets WHERE status = 'ok' "
+                                f"AND {kind} IS NOT NULL ORDER BY id").fetchnumpy()
+        return (np.asarray(cols["id"], dtype=np.int64),
+                np.asarray(cols[kind], dtype=np.uint64))
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64, vectors (n, dim) float32) of every stored embedding."""
+        tbl = self.con.sql("SELECT asset_id, vector FROM embeddings ORDER BY asset_id"
+                           ).to_arrow_table()
+        ids = tbl.column("asset_id").to_numpy().astype(np.int64)
+        if len(ids) == 0:
+            return ids, np.zeros((0, self.dim), dtype=np.float32)
+        vec = tbl.column("vector").combine_chunks()
+        mat = vec.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, self.dim)
+        return ids, mat
+
+    def embedding_of(self, asset_id: int) -> np.ndarray | None:
+        row = first(self.con.execute("SELECT vector FROM embeddings WHERE asset_id = ?",
+                                      [int(asset_id)]).fetchall())
+        return None if row is None else np.asarray(row[0], dtype=np.float32)
+
+    def failed_in_run(self, run_id: int) -> list[tuple[str, str]]:
+        return [(from_db(p), e) for p, e in self.con.execute(
+            "SELECT path, coalesce(error, '') FROM assets WHERE run_id = ? AND status <> 'ok' "
+            "ORDER BY path", [run_id]).fetchall()]
+
+    def vectors_version(self) -> int:
+        row = first(self.con.execute(
+            "SELECT value FROM meta WHERE key = 'vectors_version'").fetchall())
+        return int(row[0]) if row else 0
+
+    def stats(self) -> dict[str, Any]:
+        q = self.con.execute
+        assets = q("SELECT count(*) FROM assets WHERE status = 'ok'").fetchall()[0][0]
+        failed = q("SELECT count(*) FROM assets WHERE status <> 'ok'").fetchall()[0][0]
+        embedded = q("SELECT count(*) FROM embeddings").fetchall()[0][0]
+        total_bytes = q("SELECT coalesce(sum(size), 0) FROM assets WHERE status = 'ok'").fetchall()[0][0]
+        formats = dict(q("SELECT format, count(*) FROM assets WHERE status = 'ok' "
+                         "GROUP BY format ORDER BY 2 DESC").fetchall())
+        last = first(q("SELECT id, finished_at, files_seen, decoded, unchanged, failed, removed, seconds "
+                 "FROM runs WHERE status IS NOT NULL ORDER BY id DESC LIMIT 1").fetchall())
+        errors = q("SELECT path, error FROM assets WHERE status <> 'ok' ORDER BY path LIMIT 20"
+                   ).fetchall()
+        return {
+            "assets": int(assets), "failed": int(failed), "embedded": int(embedded),
+            "bytes": int(total_bytes), "formats": {str(k): int(v) for k, v in formats.items()},
+            "last_run": None if last is None else dict(zip(
+                ("id", "finished_at", "files_seen", "decoded", "unchanged", "failed",
+                 "removed", "seconds"), (*last[:1], str(last[1]), *last[2:]))),
+            "failed_files": [{"path": from_db(p), "error": e} for p, e in errors],
+        }
+
+    def run_metrics(self, run_id: int) -> dict[str, Any] | None:
+        row = first(self.con.execute("SELECT metrics FROM runs WHERE id = ?", [run_id]).fetchall())
+        return json.loads(row[0]) if row and row[0] else None
+
+
+def _row(row: tuple) -> dict[str, Any]:
+    out = dict(zip(ASSET_COLUMNS, row))
+    out["path"] = from_db(out["path"])
+    return out

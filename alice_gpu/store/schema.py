@@ -1,0 +1,192 @@
+"""The store's schema, its manifest and its migrations, apart from reads and writes.
+
+An index folder holds ``alice.duckdb`` and ``manifest.json`` (schema version,
+model, dimensions). A newer schema, another model or a file that is not an
+alice-gpu index is refused untouched; an older schema is migrated in one
+transaction after a backup copy.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import duckdb
+
+from ..config import HASH_NAMES as HASHES
+from ..errors import StorageError, StoreError, is_storage_failure
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 3
+DB_FILE = "alice.duckdb"
+MANIFEST_FILE = "manifest.json"
+
+ASSET_COLUMNS = ("id", "path", "size", "mtime_ns", "width", "height", "format", "status",
+                 "error", *HASHES, "indexed_at", "run_id", "content_hash")
+
+def _schema_sql(dim: int) -> str:
+    hash_cols = ",\n  ".join(f"{h} UBIGINT" for h in HASHES)
+    return f"""
+CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
+CREATE TABLE IF NOT EXISTS assets (
+  id BIGINT PRIMARY KEY,
+  path VARCHAR NOT NULL UNIQUE,
+  size BIGINT NOT NULL,
+  mtime_ns BIGINT NOT NULL,
+  width INTEGER,
+  height INTEGER,
+  format VARCHAR,
+  status VARCHAR NOT NULL,
+  error VARCHAR,
+  {hash_cols},
+  indexed_at TIMESTAMP,
+  run_id BIGINT,
+  content_hash VARCHAR
+);
+CREATE TABLE IF NOT EXISTS embeddings (
+  asset_id BIGINT PRIMARY KEY,
+  model VARCHAR NOT NULL,
+  vector FLOAT[{dim}] NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runs (
+  id BIGINT PRIMARY KEY,
+  started_at TIMESTAMP,
+  finished_at TIMESTAMP,
+  roots VARCHAR,
+  device VARCHAR,
+  embed BOOLEAN,
+  files_seen BIGINT,
+  decoded BIGINT,
+  unchanged BIGINT,
+  failed BIGINT,
+  removed BIGINT,
+  seconds DOUBLE,
+  status VARCHAR,
+  metrics VARCHAR
+);
+"""
+
+# schema version → the statements that bring a store from it to the next version
+_MIGRATIONS = {
+    1: ["ALTER TABLE assets ADD COLUMN content_hash VARCHAR",
+        "ALTER TABLE runs ADD COLUMN metrics VARCHAR"],
+    # content hashes were blake2b-128 up to schema 2 and are SHA-256 since: an old value
+    # can never match a new one, so it is dropped (a file re-read later gets a new one)
+    2: ["UPDATE assets SET content_hash = NULL"],
+}
+
+
+def first(rows: list[tuple]) -> tuple | None:
+    """First row or None (results are always fetched whole: DuckDB keeps partial ones open)."""
+    return rows[0] if rows else None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def check_manifest(folder: Path, model: str, dim: int) -> None:
+    """Refuse, untouched, an index written by a newer alice-gpu or for another model."""
+    path = folder / MANIFEST_FILE
+    if not path.exists():
+        return
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise StoreError(f"{path} is unreadable ({exc}); not touching this index") from None
+    version = manifest.get("schema_version")
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise StoreError(f"the index at {folder} was written by a newer alice-gpu "
+                         f"(schema {version} > {SCHEMA_VERSION}); upgrade alice-gpu")
+    if manifest.get("model") not in (None, model) or manifest.get("dim") not in (None, dim):
+        raise StoreError(f"the index at {folder} holds {manifest.get('model')} embeddings "
+                         f"({manifest.get('dim')}-d), not {model}; use another --db")
+
+
+def stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    """The schema version recorded in the database, or None for an empty one."""
+    try:
+        row = first(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall())
+    except duckdb.Error:
+        return None
+    return int(row[0]) if row else None
+
+
+def migrate(con: duckdb.DuckDBPyConnection, folder: Path) -> duckdb.DuckDBPyConnection:
+    """Bring an older schema up to date in one transaction, after a backup copy.
+
+    Returns the connection to use from now on (the file is closed for the copy).
+    """
+    version = stored_version(con)
+    if version is None or version >= SCHEMA_VERSION:
+        return con
+    if version not in _MIGRATIONS:
+        raise StoreError(f"index schema {version} is too old to migrate; re-index into a new --db")
+    db_path = folder / DB_FILE
+    backup = db_path.with_name(f"{DB_FILE}.v{version}.bak")
+    con.execute("CHECKPOINT")
+    con.close()
+    shutil.copy2(db_path, backup)
+    con = duckdb.connect(str(db_path))
+    log.warning("migrating the index at %s from schema %d to %d (backup: %s)",
+                folder, version, SCHEMA_VERSION, backup.name)
+    con.execute("BEGIN TRANSACTION")
+    try:
+        for v in range(version, SCHEMA_VERSION):
+            for stmt in _MIGRATIONS[v]:
+                con.execute(stmt)
+        con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                    [str(SCHEMA_VERSION)])
+        con.execute("COMMIT")
+    except duckdb.Error as exc:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise StoreError(f"migration failed and was rolled back ({exc}); "
+                         f"the backup is {backup}") from None
+    return con
+
+
+def init_schema(con: duckdb.DuckDBPyConnection, folder: Path, model: str, dim: int) -> None:
+    """Create the tables of a new index and (re)write its manifest."""
+    try:
+        if stored_version(con) is None:
+            con.execute(_schema_sql(dim))
+            con.execute("INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT DO NOTHING",
+                        [str(SCHEMA_VERSION)])
+            con.execute("INSERT INTO meta VALUES ('model', ?) ON CONFLICT DO NOTHING", [model])
+            con.execute("INSERT INTO meta VALUES ('vectors_version', '0') ON CONFLICT DO NOTHING")
+        manifest = json.dumps({"schema_version": SCHEMA_VERSION, "model": model,
+                               "dim": dim, "db": DB_FILE}, indent=2) + "\n"
+        path = folder / MANIFEST_FILE
+        if not path.exists() or path.read_text() != manifest:
+            atomic_write_text(path, manifest)
+    except (OSError, duckdb.Error) as exc:
+        if is_storage_failure(exc):
+            raise StorageError(f"could not write the index at {folder} "
+                               f"({str(exc).splitlines()[0][:200]}); nothing was changed: "
+                               f"free some space and run again") from None
+        raise
+
+
+def check_schema(con: duckdb.DuckDBPyConnection, folder: Path, read_only: bool) -> None:
+    """Refuse a DuckDB file that is not an alice-gpu index, or one of another schema."""
+    try:
+        row = first(con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall())
+    except duckdb.Error:
+        raise StoreError(f"{folder / DB_FILE} is a DuckDB file but not an alice-gpu "
+                         f"index; not touching it") from None
+    version = int(row[0]) if row else None
+    if version is not None and version < SCHEMA_VERSION and read_only:
+        raise StoreError(f"index schema {version} is older than this alice-gpu's "
+                         f"({SCHEMA_VERSION}); run `alice-gpu index` once to migrate it")
+    if version != SCHEMA_VERSION:
+        raise StoreError(f"index schema {version} is not supported by this alice-gpu "
+                         f"(expects {SCHEMA_VERSION})")

@@ -1,0 +1,76 @@
+"""The store: one index folder, DuckDB the source of truth for assets, hashes, embeddings, runs.
+
+Ids are stable per path: a changed file keeps its id, which is also its id in
+the FAISS index. Reads and writes live in :mod:`.reads` and :mod:`.writes`,
+the schema and its migrations in :mod:`.schema`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from ..errors import StorageError, StoreError, StoreLockedError
+from .reads import Reads
+from .schema import DB_FILE, check_manifest, check_schema, init_schema, migrate
+from .writes import Writes
+
+
+class Store(Reads, Writes):
+    """One index folder: ``alice.duckdb`` + ``manifest.json`` (+ the FAISS files of vectors)."""
+
+    def __init__(self, folder: str | os.PathLike[str], *, model: str, dim: int,
+                 read_only: bool = False, memory_limit_mb: int | None = None):
+        self.folder = Path(folder)
+        self.model = model
+        self.dim = dim
+        self.read_only = read_only
+        self.con: duckdb.DuckDBPyConnection | None = None
+        db_path = self.folder / DB_FILE
+        if read_only:
+            if not db_path.exists():
+                raise StoreError(f"no index at {self.folder} (run `alice-gpu index PATH` first, "
+                                 f"or point --db at an existing index)")
+        else:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        check_manifest(self.folder, model, dim)
+        self.con = _connect(db_path, read_only, self.folder)
+        if memory_limit_mb:
+            # DuckDB caches what it writes; bound it so memory does not grow with the index
+            self.con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
+        if not read_only:
+            self.con = migrate(self.con, self.folder)
+            try:
+                init_schema(self.con, self.folder, model, dim)
+            except StorageError:
+                self.close()
+                raise
+        check_schema(self.con, self.folder, read_only)
+
+    def close(self) -> None:
+        if self.con is not None:
+            self.con.close()
+            self.con = None
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _connect(db_path: Path, read_only: bool, folder: Path) -> duckdb.DuckDBPyConnection:
+    """Open the DuckDB file; a lock held by another process is StoreLockedError (exit 3)."""
+    try:
+        return duckdb.connect(str(db_path), read_only=read_only)
+    except duckdb.IOException as exc:
+        if "lock" in str(exc).lower():
+            raise StoreLockedError(f"the index at {folder} is in use by another "
+                                   f"alice-gpu process; try again when it has finished") from None
+        raise StoreError(f"cannot open {db_path}: {str(exc).splitlines()[0]}") from None
+    except duckdb.Error as exc:
+        raise StoreError(f"{db_path} is not a usable alice-gpu index: "
+                         f"{str(exc).splitlines()[0]}") from None

@@ -1,0 +1,195 @@
+"""Writes to the store: bulk upserts in transactions, removals, and the runs table.
+
+A batch is written with bulk Arrow inserts in one transaction; a batch that
+fails is rolled back and retried row by row, so one bad row cannot sink its
+neighbours. A full disk or an I/O error is not retried: it rolls back and
+raises :class:`~alice_gpu.errors.StorageError` (exit 4), earlier data intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import duckdb
+import numpy as np
+
+from ..config import HASH_NAMES as HASHES
+from ..errors import StorageError, is_storage_failure
+from ..records import STATUS_OK, AssetRecord
+from .paths import to_db
+from .schema import ASSET_COLUMNS
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    written: int
+    failed_rows: list[tuple[str, str]]     # (path, reason) rows the DB refused
+    embedded_ids: np.ndarray               # ids whose embedding was (re)written
+    embeddings: np.ndarray                 # (n, dim) float32, aligned with embedded_ids
+    touched_ids: np.ndarray                # every id whose old vector is now stale
+
+
+class Writes:
+    """The write side of :class:`~alice_gpu.store.Store` (a mixin over its connection)."""
+
+    con: duckdb.DuckDBPyConnection
+    folder: Path
+    model: str
+    dim: int
+
+    def write_batch(self, records: Sequence[AssetRecord], run_id: int | None = None, *,
+                    insert_size: int = 1000, bulk: bool = True) -> WriteResult:
+        """Upsert records in one transaction; on failure retry row by row, isolating bad rows.
+
+        ``bulk`` inserts Arrow slices of ``insert_size`` rows per statement; without it
+        every row is its own INSERT (the seed's non-batched mode, kept for comparison).
+        """
+        try:
+            return self._write(records, run_id, insert_size, bulk)
+        except duckdb.Error as exc:
+            self._rollback()
+            if is_storage_failure(exc):
+                raise StorageError(f"could not write the index at {self.folder} "
+                                   f"({str(exc).splitlines()[0][:200]}); the open transaction was "
+                                   f"rolled back and earlier data is intact: free some space and "
+                                   f"run the same command again") from None
+            if len(records) == 1:
+                rec = records[0]
+                log.warning("database refused %s: %s", rec.path, exc)
+                return WriteResult(0, [(rec.path, f"store: {str(exc).splitlines()[0][:200]}")],
+                                   np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32),
+                                   np.zeros(0, np.int64))
+            log.warning("batch write failed (%s); retrying %d rows one by one", exc, len(records))
+        parts = [self.write_batch([r], run_id, insert_size=1, bulk=bulk) for r in records]
+        return WriteResult(
+            written=sum(p.written for p in parts),
+            failed_rows=[f for p in parts for f in p.failed_rows],
+            embedded_ids=np.concatenate([p.embedded_ids for p in parts]),
+            embeddings=np.concatenate([p.embeddings for p in parts]),
+            touched_ids=np.concatenate([p.touched_ids for p in parts]),
+        )
+
+    def _rollback(self) -> None:
+        try:
+            self.con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+
+    def _insert(self, table: str, columns: Sequence[str], data: pa.Table, insert_size: int,
+                bulk: bool) -> None:
+        cols = ", ".join(columns)
+        if not bulk:
+            marks = ", ".join("?" * len(columns))
+            for row in data.to_pylist():
+                self.con.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})",
+                                 [row[c] for c in columns])
+            return
+        for start in range(0, data.num_rows, insert_size):
+            self.con.register("_chunk", data.slice(start, insert_size))
+            try:
+                self.con.execute(f"INSERT INTO {table} ({cols}) SELECT {cols} FROM _chunk")
+            finally:
+                self.con.unregister("_chunk")
+
+    def _write(self, records: Sequence[AssetRecord], run_id: int | None, insert_size: int,
+               bulk: bool) -> WriteResult:
+        import pyarrow as pa   # on first use: not on the path to the first decode
+        ids = np.array([r.id for r in records], dtype=np.int64)
+        now = time.time()
+        assets = pa.table({
+            "id": pa.array(ids, pa.int64()),
+            "path": pa.array([to_db(r.path) for r in records], pa.string()),
+            "size": pa.array([r.size for r in records], pa.int64()),
+            "mtime_ns": pa.array([r.mtime_ns for r in records], pa.int64()),
+            "width": pa.array([r.width for r in records], pa.int32()),
+            "height": pa.array([r.height for r in records], pa.int32()),
+            "format": pa.array([r.format for r in records], pa.string()),
+            "status": pa.array([r.status for r in records], pa.string()),
+            "error": pa.array([r.error for r in records], pa.string()),
+            **{h: pa.array([r.hashes.get(h) for r in records], pa.uint64()) for h in HASHES},
+            "indexed_at": pa.array([int(now * 1e6)] * len(records), pa.timestamp("us")),
+            "run_id": pa.array([run_id] * len(records), pa.int64()),
+            "content_hash": pa.array([r.content_hash for r in records], pa.string()),
+        })
+        emb_rows = [r for r in records if r.embedding is not None and r.status == STATUS_OK]
+        emb_ids = np.array([r.id for r in emb_rows], dtype=np.int64)
+        emb_mat = (np.stack([r.embedding for r in emb_rows]).astype(np.float32)
+                   if emb_rows else np.zeros((0, self.dim), np.float32))
+        if emb_mat.shape[1] != self.dim:
+            raise ValueError(f"embedding has {emb_mat.shape[1]} dims, index expects {self.dim}")
+        embs = pa.table({
+            "asset_id": pa.array(emb_ids, pa.int64()),
+            "model": pa.array([self.model] * len(emb_rows), pa.string()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(emb_mat.reshape(-1)), self.dim),
+        })
+        id_tbl = pa.table({"id": pa.array(ids, pa.int64())})
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        con.register("_ids", id_tbl)
+        try:
+            had_vec = con.execute("SELECT count(*) FROM embeddings WHERE asset_id IN "
+                                  "(SELECT id FROM _ids)").fetchall()[0][0]
+            con.execute("DELETE FROM embeddings WHERE asset_id IN (SELECT id FROM _ids)")
+            con.execute("DELETE FROM assets WHERE id IN (SELECT id FROM _ids)")
+            self._insert("assets", ASSET_COLUMNS, assets, insert_size, bulk)
+            if len(emb_rows):
+                self._insert("embeddings", ("asset_id", "model", "vector"), embs, insert_size, bulk)
+            if len(emb_rows) or had_vec:
+                con.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
+                            "WHERE key = 'vectors_version'")
+            con.execute("COMMIT")
+        finally:
+            con.unregister("_ids")
+        # the vector index only cares when a vector was added or dropped
+        touched = ids if (len(emb_rows) or had_vec) else np.zeros(0, np.int64)
+        return WriteResult(len(records), [], emb_ids, emb_mat, touched)
+
+    def remove_paths(self, paths: Sequence[str]) -> np.ndarray:
+        """Delete vanished files (and their embeddings); returns their ids."""
+        if not paths:
+            return np.zeros(0, np.int64)
+        import pyarrow as pa   # on first use: not on the path to the first decode
+        tbl = pa.table({"path": pa.array([to_db(p) for p in paths], pa.string())})
+        con = self.con
+        con.register("_gone", tbl)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            ids = np.asarray(con.execute("SELECT id FROM assets JOIN _gone USING (path)")
+                             .fetchnumpy()["id"], dtype=np.int64)
+            con.execute("DELETE FROM embeddings WHERE asset_id IN "
+                        "(SELECT id FROM assets JOIN _gone USING (path))")
+            con.execute("DELETE FROM assets WHERE path IN (SELECT path FROM _gone)")
+            con.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
+                        "WHERE key = 'vectors_version'")
+            con.execute("COMMIT")
+        except duckdb.Error:
+            self._rollback()
+            raise
+        finally:
+            con.unregister("_gone")
+        return ids
+
+    def start_run(self, roots: Sequence[str], device: str, embed: bool) -> int:
+        run_id = int(self.con.execute("SELECT coalesce(max(id), 0) + 1 FROM runs").fetchall()[0][0])
+        self.con.execute("INSERT INTO runs (id, started_at, roots, device, embed) "
+                         "VALUES (?, now(), ?, ?, ?)", [run_id, json.dumps(list(roots)), device, embed])
+        return run_id
+
+    def finish_run(self, run_id: int, summary: dict[str, Any], status: str) -> None:
+        self.con.execute(
+            "UPDATE runs SET finished_at = now(), files_seen = ?, decoded = ?, unchanged = ?, "
+            "failed = ?, removed = ?, seconds = ?, status = ?, device = ?, metrics = ? "
+            "WHERE id = ?",
+            [summary["files_seen"], summary["decoded"], summary["unchanged"], summary["failed"],
+             summary["removed"], summary["seconds"], status, summary["device"],
+             json.dumps(summary.get("metrics")), run_id])
