@@ -2,9 +2,9 @@
 
 Decoding runs ahead of its consumer by at most ``max_in_flight`` files, in
 chunks on the worker pool, or in this process for small jobs. A worker that
-dies (a file that crashes the decoder) or runs past a file's deadline costs
-only its own chunk: those files are retried one per task, and only the
-culprit is recorded as failed, with the reason.
+dies (a file that crashes the decoder, or runs past its deadline) breaks the
+pool: a new one is started, the files that were in flight are retried one by
+one, and only the culprit is recorded as failed, with the reason.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator, Sequence
 
-from pebble import ProcessExpired, ProcessFuture
+from concurrent.futures import Future
 
 from ..decode import DecodePlan, Known
 from ..features.worker import decode_and_hash
 from ..records import Decoded, FileEntry
-from .pool import TIMED_OUT, DecodePool
+from .pool import DecodePool
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _timeout_reason(timeout: float) -> str:
 
 
 class _Chunks:
-    """Chunks of files on the pool, collected in order, with per-chunk recovery."""
+    """Chunks of files on the pool, collected in order; a broken pool is recovered."""
 
     def __init__(self, pool: DecodePool, plan: DecodePlan, known: Known, max_in_flight: int):
         self.pool, self.plan, self.known = pool, plan, known
@@ -90,65 +90,58 @@ class _Chunks:
         self.size = max(1, min(16 if plan.keep_pixels else 64, max_in_flight // (2 * workers)))
         self.depth = max(workers, max_in_flight // self.size)   # chunks in flight
 
-    def submit(self, part: Sequence[FileEntry]) -> ProcessFuture:
-        try:
-            return self.pool.submit(part, self.plan, _known_for(part, self.known))
-        except RuntimeError:          # pebble refuses work once its pool is broken
-            log.warning("the decode pool broke; starting a new one")
-            self.pool.restart()
-            return self.pool.submit(part, self.plan, _known_for(part, self.known))
+    def submit(self, part: Sequence[FileEntry]) -> tuple[Sequence[FileEntry], Future]:
+        return part, self.pool.submit(part, self.plan, _known_for(part, self.known))
 
     def run(self, entries: Sequence[FileEntry]) -> Iterator[Decoded]:
         parts = (entries[i:i + self.size] for i in range(0, len(entries), self.size))
-        pending: deque[tuple[Sequence[FileEntry], ProcessFuture]] = deque()
-        for part in parts:
-            pending.append((part, self.submit(part)))
-            if len(pending) >= self.depth:
-                break
+        pending: deque[tuple[Sequence[FileEntry], Future]] = deque()
+
+        def refill() -> None:
+            for part in parts:
+                pending.append(self.submit(part))
+                if len(pending) >= self.depth:
+                    return
+
+        refill()
         try:
             while pending:
                 part, fut = pending.popleft()
-                results = self.collect(part, fut)
-                nxt = next(parts, None)
-                if nxt is not None:
-                    pending.append((nxt, self.submit(nxt)))
+                try:
+                    # the per-file alarm ends a hung worker; this bound is only a backstop
+                    results = fut.result(timeout=self.pool.timeout * len(part) + 30)
+                except (BrokenProcessPool, FuturesTimeout) as exc:
+                    results = self.recover([part, *(p for p, _ in pending)], exc)
+                    pending.clear()
+                refill()
                 yield from results
         finally:
             for _, f in pending:
                 f.cancel()
 
-    def collect(self, part: Sequence[FileEntry], fut: ProcessFuture) -> list[Decoded]:
-        """The chunk's records; if its worker died or hung, its files one per task."""
+    def recover(self, parts: list[Sequence[FileEntry]], exc: BaseException) -> list[Decoded]:
+        """After a worker died: a new pool, then the files that were in flight one by one."""
+        log.warning("a decode worker %s; retrying the %d files in flight one by one",
+                    "hung" if isinstance(exc, FuturesTimeout) else "died",
+                    sum(len(p) for p in parts))
+        self.pool.restart()
+        return [self.single(e) for part in parts for e in part]
+
+    def single(self, entry: FileEntry) -> Decoded:
+        """One file alone on the pool: if its worker dies, the file is the culprit.
+
+        Alone, a file that hangs is seen here, when ``timeout`` seconds have passed
+        since it was sent (its worker's alarm, armed later, has not even fired yet);
+        a worker that dies before then crashed.
+        """
+        _, fut = self.submit([entry])
+        timeout = self.pool.timeout
         try:
-            return fut.result()
-        except (ProcessExpired, FuturesTimeout) as exc:
-            log.warning("a decode worker %s; retrying its %d files one by one",
-                        _how(exc, self.pool.timeout), len(part))
-        except BrokenProcessPool:
-            log.warning("the decode pool broke; starting a new one")
+            return fut.result(timeout=timeout)[0]
+        except (BrokenProcessPool, FuturesTimeout) as exc:
+            hung = isinstance(exc, FuturesTimeout)
+            log.warning("%s on %s; recorded as failed, restarting the decode workers",
+                        "decoding timed out" if hung else "the decoder died", entry.path)
             self.pool.restart()
-        singles = [(e, self.submit([e])) for e in part]
-        return [self.single(e, f) for e, f in singles]
-
-    def single(self, entry: FileEntry, fut: ProcessFuture) -> Decoded:
-        """One file's record; if its worker died again, the file is the culprit."""
-        try:
-            return fut.result()[0]
-        except (ProcessExpired, FuturesTimeout, BrokenProcessPool) as exc:
-            how = _how(exc, self.pool.timeout)
-            log.warning("the decoder %s on %s; recorded as failed", how, entry.path)
-            if isinstance(exc, BrokenProcessPool):
-                self.pool.restart()
-            timed_out = isinstance(exc, FuturesTimeout) or getattr(exc, "exitcode", 0) == TIMED_OUT
-            return Decoded.failed(entry, _timeout_reason(self.pool.timeout) if timed_out
+            return Decoded.failed(entry, _timeout_reason(timeout) if hung
                                   else "decoder crashed (its worker process died)")
-
-
-def _how(exc: BaseException, timeout: float) -> str:
-    """How a worker ended, for the log."""
-    code = getattr(exc, "exitcode", None)
-    if isinstance(exc, FuturesTimeout) or code == TIMED_OUT:
-        return f"ran past the {timeout:g} s deadline of a file"
-    if code is not None:
-        return f"died (exit code {code})"
-    return "pool broke"

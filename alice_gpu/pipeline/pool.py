@@ -1,20 +1,21 @@
-"""The local engine's decode workers: a pebble process pool running the decode-stage task.
+"""The local engine's decode workers: a loky process pool running the decode-stage task.
 
-pebble (not ``concurrent.futures``) because a worker that dies takes down only
-its own task there: the pool replaces the worker, reports how it died
-(``ProcessExpired`` with its exit code) and every other task goes on, where a
-stdlib pool breaks as a whole. What pebble does not do is added here:
+loky (joblib's executor) detects a worker that dies from the process's
+sentinel, always: every task in flight then fails with ``TerminatedWorkerError``
+and :mod:`.dispatch` starts a new pool and retries those files one by one.
+pebble was tried first, for its per-task isolation, and dropped: when a worker
+was killed from outside at a random moment (``test_kill_loop.py``, SIGTERM to a
+worker), pebble lost the task that worker had just taken in 2 of 60 runs, and
+its future never completed (pebble issue #153). What the pool does not do is added here:
 
 * a deadline per *file*: the worker arms ``SIGALRM`` (default action: the
   process ends) before each file of its chunk, so a file that hangs, even in C
   code that never returns to Python, ends its worker after
-  ``decode.timeout_seconds`` and the exit code says so;
+  ``decode.timeout_seconds``;
 * workers that die with the main process, by any signal (``kill -9``
-  included): ``PR_SET_PDEATHSIG`` on Linux; elsewhere a worker notices when the
-  pool's pipe closes, at the end of its chunk.
-
-pebble's workers ignore SIGINT (the main process decides how a run stops) and
-exit on SIGTERM instead of inheriting the main process's handler.
+  included): ``PR_SET_PDEATHSIG`` on Linux;
+* workers that ignore SIGINT (the main process decides how a run stops) and
+  take SIGTERM's default action instead of inheriting the main process's handler.
 """
 
 from __future__ import annotations
@@ -27,16 +28,17 @@ import sys
 import threading
 from typing import Iterable, Iterator, Sequence
 
-from pebble import ProcessFuture, ProcessPool
+from concurrent.futures import Future
+
+from loky import ProcessPoolExecutor
+from loky.backend.context import get_context as loky_context
 
 from ..decode import DecodePlan, Known
+from ..errors import ConfigError
 from ..features.worker import decode_and_hash
 from ..records import Decoded, FileEntry
 
 log = logging.getLogger(__name__)
-
-TIMED_OUT = -signal.SIGALRM   # exit code of a worker whose file ran past its deadline
-
 
 def effective_workers(requested: int) -> int:
     """Workers are capped at the cores present."""
@@ -64,8 +66,10 @@ def _each_within(entries: Iterable[FileEntry], timeout: float) -> Iterator[FileE
 
 
 def _worker_init(parent: int) -> None:
-    """Start-up of a decode worker: die with the main process, one BLAS thread,
-    glibc's freed buffers kept for reuse."""
+    """Start-up of a decode worker: its own signal dispositions, die with the main
+    process, one BLAS thread, glibc's freed buffers kept for reuse."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
     _die_with(parent)
     _keep_freed_buffers()
@@ -80,9 +84,9 @@ def _worker_init(parent: int) -> None:
 def _die_with(parent: int) -> None:
     """Ask the kernel to SIGKILL this worker when its parent dies (Linux).
 
-    The parent is the main process, or a fork server that itself exits when the
-    main process does. A parent that died before the request was made is caught
-    by looking for the main process once the request is in place.
+    The parent is the main process (every start method used makes workers its
+    direct children). A parent that died before the request was made is caught by
+    looking for the main process once the request is in place.
     """
     if not sys.platform.startswith("linux"):
         return
@@ -126,18 +130,31 @@ def _noop() -> None:
     return None
 
 
+START_METHODS = ("fork", "loky", "spawn")
+
+
 def start_method() -> str:
-    """fork while this process is small and single-threaded, else a fork server.
+    """fork while this process is small and single-threaded, else loky's fork + exec.
 
     Workers forked before torch is imported or any pipeline thread runs start in
-    milliseconds and inherit no torch or thread state; otherwise a fork server (a
-    clean interpreter with the decode modules loaded) does the same more slowly.
-    ``ALICE_GPU_START_METHOD`` (fork, forkserver, spawn) overrides the choice.
+    milliseconds and inherit no torch or thread state. Otherwise (a restart during
+    a run, a notebook that imported torch) each worker is a fresh interpreter, a
+    direct child of this process so that it still dies with it; a fork server would
+    be their parent instead, and it outlives a ``kill -9`` of this process (every
+    child it forks holds its keep-alive pipe). ``ALICE_GPU_START_METHOD`` overrides
+    the choice with one of ``START_METHODS``.
     """
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    if method == "fork" and ("torch" in sys.modules or threading.active_count() > 1):
-        method = "forkserver"
-    return os.environ.get("ALICE_GPU_START_METHOD", method)
+    method = os.environ.get("ALICE_GPU_START_METHOD")
+    if method is not None:
+        if method not in START_METHODS:
+            raise ConfigError(f"ALICE_GPU_START_METHOD must be one of {', '.join(START_METHODS)}, "
+                              f"not {method!r}")
+        return method
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return "loky"
+    if "torch" in sys.modules or threading.active_count() > 1:
+        return "loky"
+    return "fork"
 
 
 class DecodePool:
@@ -146,32 +163,26 @@ class DecodePool:
     def __init__(self, workers: int, timeout: float):
         self.workers, self.timeout = workers, timeout
         self.restarts = 0
-        self.pool = self._start()
+        self.executor = self._start()
 
-    def _start(self) -> ProcessPool:
+    def _start(self) -> ProcessPoolExecutor:
         method = start_method()
-        ctx = multiprocessing.get_context(method)
-        if method == "forkserver":
-            ctx.set_forkserver_preload(["alice_gpu.features.worker"])
-        pool = ProcessPool(max_workers=self.workers, initializer=_worker_init,
-                           initargs=(os.getpid(),), context=ctx)
-        pool.schedule(_noop)   # the workers start now, not on the first real task
-        return pool
+        ctx = loky_context(method) if method == "loky" else multiprocessing.get_context(method)
+        executor = ProcessPoolExecutor(max_workers=self.workers, context=ctx,
+                                       initializer=_worker_init, initargs=(os.getpid(),))
+        executor.submit(_noop)   # the workers start now, not on the first real task
+        return executor
 
     def submit(self, entries: Sequence[FileEntry], plan: DecodePlan, known: Known | None
-               ) -> ProcessFuture:
-        # pebble's own deadline is a backstop only: the per-file alarm comes first
-        backstop = self.timeout * len(entries) + 30
-        return self.pool.schedule(decode_task, args=(entries, plan, known, self.timeout),
-                                  timeout=backstop)
+               ) -> Future:
+        return self.executor.submit(decode_task, entries, plan, known, self.timeout)
 
     def restart(self) -> None:
-        """A new pool after this one broke as a whole (pebble gives up on a broken channel)."""
+        """A new pool after a worker died (the old one fails everything in flight)."""
         self.close()
         self.restarts += 1
-        self.pool = self._start()
+        self.executor = self._start()
 
     def close(self) -> None:
         """Stop the workers now; what they were doing is no longer wanted."""
-        self.pool.stop()
-        self.pool.join()
+        self.executor.shutdown(wait=True, kill_workers=True)
