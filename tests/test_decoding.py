@@ -168,6 +168,7 @@ def _pillow_only(monkeypatch):
     monkeypatch.setattr(jpeg, "probe", lambda data: None)
 
 
+@pytest.mark.slow
 def test_jpeg_fast_path_is_bit_identical_to_pillow(photos, near_dups, odd_files, monkeypatch):
     """Every file of the shared sets, hash-only (luma, DCT 1/2) and full (RGB) decodes:
     the libjpeg-turbo path gives Pillow's pixels, size, format and verdict exactly."""
@@ -255,6 +256,7 @@ print(d.status, (peak - base) / 1024)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["RGBA", "I;16"])
 def test_huge_png_is_decoded_in_about_one_frame_of_memory(tmp_path, mode):
     """No DCT draft for PNG: the frame is box-reduced strip by strip before any

@@ -40,6 +40,7 @@ def test_registry():
         register_model(EFFICIENTNET_LITE0, lambda cfg: None, lambda: "")
 
 
+@pytest.mark.slow
 def test_weights_load_correctly_imagenet_accuracy(photo_set, device):
     """Real photos with known labels prove the weights, padding and normalisation."""
     rows, _, pixels = photo_set
@@ -47,6 +48,7 @@ def test_weights_load_correctly_imagenet_accuracy(photo_set, device):
     assert top1 >= 0.85 and top5 >= 0.95, (top1, top5)
 
 
+@pytest.mark.slow
 def test_a_near_miss_in_preprocessing_shows_up(photo_set):
     """Symmetric (PyTorch) padding instead of TF "SAME" must cost points: the test has teeth."""
     rows, _, pixels = photo_set
@@ -77,3 +79,13 @@ def test_same_embedding_on_every_device(photo_set, device):
         ref = create_model("efficientnet_lite0", "cpu").embed(batch)
         got = create_model("efficientnet_lite0", device).embed(batch.to(device)).cpu()
     assert torch.nn.functional.cosine_similarity(ref, got).min() >= 0.999
+
+
+def test_folded_batch_norm_gives_the_same_embeddings(photo_set):
+    """The inference form (torch's conv-BN fusion, channels_last) is the eager model."""
+    _, _, pixels = photo_set
+    batch = torch.from_numpy(pixels[:16]).permute(0, 3, 1, 2).contiguous()
+    with torch.inference_mode():
+        eager = create_model("efficientnet_lite0", "cpu", optimize=False).embed(batch)
+        fused = create_model("efficientnet_lite0", "cpu", precision="fp32").embed(batch)
+    assert torch.nn.functional.cosine_similarity(eager, fused).min() >= 0.99999

@@ -108,6 +108,7 @@ def test_hex_is_16_digits_msb_first():
     assert hash_hex(-1) == "ffffffffffffffff"
 
 
+@pytest.mark.slow
 def test_numpy_and_torch_give_the_same_bits_on_real_photos(photo_set, device):
     _, _, pixels = photo_set
     ref = hashing_cpu.hashes(pixels)
@@ -127,6 +128,7 @@ def _within2(ours, ref) -> dict[str, float]:
             for name in REFERENCE}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", IMPLS)
 def test_compatibility_with_imagehash_on_real_photos(photo_set, reference_hashes, impl):
     """The issue's contract: pHash/aHash within 2 bits for >= 99%, dHash for >= 90%."""
@@ -137,6 +139,7 @@ def test_compatibility_with_imagehash_on_real_photos(photo_set, reference_hashes
     assert within2["whash"] >= 0.95, within2
 
 
+@pytest.mark.slow
 def test_hash_only_decode_path_keeps_compatibility(photo_set, reference_hashes):
     """--no-embed estimates most JPEGs' 64 px luma from their block means (others: DCT scale
     >= 128 px, then 64 px): the same contract either way."""

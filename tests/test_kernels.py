@@ -26,6 +26,7 @@ def test_every_kernel_the_code_loads_ships_with_the_package():
             assert f"void {name}(" in source, (stem, name)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(NVCC is None, reason="nvcc is not installed on this machine")
 @pytest.mark.parametrize("source", KERNELS, ids=lambda p: p.name)
 def test_kernel_compiles_for_sm90(source, tmp_path):

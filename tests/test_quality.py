@@ -7,6 +7,8 @@ import os
 
 import pytest
 
+pytestmark = pytest.mark.slow   # the whole real sets, indexed with embeddings
+
 import alice_gpu
 
 
@@ -41,10 +43,12 @@ def test_ns_score_by_embedding(mixed_index, near_dups):
     assert _ns_score(mixed_index, near_dups, "embedding") >= 3.8
 
 
-def test_ns_score_by_phash_is_reported(mixed_index, near_dups):
+def test_ns_score_by_phash(mixed_index, near_dups):
+    """pHash is not viewpoint-robust, but it finds more than the query itself (a score of
+    1.0, what broken hashes would give): measured 1.95 (RESULTS.md)."""
     score = _ns_score(mixed_index, near_dups, "phash")
     print(f"pHash N-S score: {score:.2f}")
-    assert 1.0 <= score <= 4.0      # the query always finds itself; hashes are not viewpoint-robust
+    assert score >= 1.8
 
 
 def test_exif_orientations_form_one_duplicate_group(tmp_path, near_dups):

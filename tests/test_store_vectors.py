@@ -115,8 +115,9 @@ def test_vector_index_search_and_incremental_update(store):
     assert ids[0] == 4 and scores[0] == pytest.approx(1.0, abs=1e-5)
     store.remove_paths(["/p/4.jpg"])
     vi.update(np.array([4]), np.zeros(0, np.int64), np.zeros((0, DIM), np.float32))
-    assert 4 not in VectorIndex(store).search(q, 10)[1]
-    assert not VectorIndex(store).load() is None
+    fresh = VectorIndex(store)
+    assert 4 not in fresh.search(q, 10)[1]
+    assert not fresh.rebuilt and fresh.load().ntotal == 9     # the saved file, in step
 
 
 @pytest.mark.parametrize("damage", ["missing", "garbage", "truncated", "stale"])
@@ -172,3 +173,28 @@ def test_hamming_topk_orders_by_distance_then_row():
     dist, rows = hamming_topk(0, h, 4)
     assert dist.tolist() == [0, 1, 1, 2] and rows.tolist() == [1, 2, 4, 3]
     assert hamming_topk(0, np.zeros(0, np.uint64), 3)[1].tolist() == []
+
+
+# ------------------------------------------------------------------ groups
+
+def _reference_groups(a, b) -> set[frozenset[int]]:
+    """Connected components by repeated merging (the reference, quadratic but obvious)."""
+    groups: list[set[int]] = []
+    for x, y in zip(a, b):
+        joined = [g for g in groups if x in g or y in g]
+        merged = {x, y}.union(*joined)
+        groups = [g for g in groups if not (x in g or y in g)] + [merged]
+    return {frozenset(g) for g in groups}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_connected_groups_equal_the_reference(seed):
+    from alice_gpu.search.groups import connected_groups
+
+    rng = np.random.default_rng(seed)
+    ids = rng.choice(10_000, 60, replace=False)          # sparse, large ids
+    a, b = rng.choice(ids, 40), rng.choice(ids, 40)
+    got = connected_groups(a, b)
+    assert all(np.all(np.diff(g) > 0) for g in got)       # each group sorted, no repeats
+    assert {frozenset(g.tolist()) for g in got} == _reference_groups(a.tolist(), b.tolist())
+    assert connected_groups(np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
