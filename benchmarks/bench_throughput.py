@@ -1,7 +1,8 @@
 """Throughput, scaling and memory of alice-gpu side by side with the tools users would pick.
 
     pip install -e '.[dev,bench]'
-    python benchmarks/bench_throughput.py [--sizes 100 1000 4000 10000] [--repeat 5] [--workers N] [--write]
+    python benchmarks/bench_throughput.py [--sizes 100 1000 4000 10000] [--repeat 5] [--workers N]
+                                          [--against DIR] [--write]
 
 Every tool is timed end to end as a separate command (interpreter start-up
 included) on the same files, in the same run:
@@ -17,6 +18,9 @@ are byte-identical and content-hash reuse cannot flatter alice-gpu.
 Also measured: sequential vs parallel (workers 1 vs N), the in-process/pool
 threshold, the embedding stage alone (naive eager fp32 vs ours), the N-S score
 with the precision used, and a re-index of 100,000 unchanged small files.
+``--against DIR`` adds another source tree of alice-gpu (e.g. a ``git worktree`` of
+an earlier commit) as one more hash-only contender, interleaved with the others, so a
+change is judged by a ratio measured side by side in one run.
 With --write the report replaces the throughput section of benchmarks/RESULTS.md.
 """
 
@@ -82,6 +86,11 @@ def alice(*args: str) -> list[str]:
     return [exe, *args, "--json"]
 
 
+def baseline(tree: Path, *args: str) -> list[str]:
+    """alice-gpu from another source tree (its own package, this environment's libraries)."""
+    return ["env", f"PYTHONPATH={tree}", sys.executable, "-m", "alice_gpu.cli", *args, "--json"]
+
+
 def peer(kind: str, folder: Path, workers: int) -> list[str]:
     """A peer tool's command (benchmarks/peers.py, from cached bytecode)."""
     here = str(Path(__file__).resolve().parent)
@@ -89,18 +98,20 @@ def peer(kind: str, folder: Path, workers: int) -> list[str]:
             "import peers; peers.main()", kind, str(folder), str(workers)]
 
 
-def compile_bytecode() -> None:
+def compile_bytecode(against: Path | None = None) -> None:
     """Write .pyc files as ``pip install`` does (this machine sets PYTHONDONTWRITEBYTECODE,
     which would otherwise make alice-gpu and the peers recompile their sources every run)."""
     import compileall
 
-    for folder in (REPO / "alice_gpu", REPO / "benchmarks"):
+    for folder in (REPO / "alice_gpu", REPO / "benchmarks",
+                   *([against / "alice_gpu"] if against else [])):
         compileall.compile_dir(str(folder), quiet=1)
 
 
 # ------------------------------------------------------------------ measurements
 
-def end_to_end(sizes: list[int], workers: int, tmp: Path, repeat: int) -> list[dict]:
+def end_to_end(sizes: list[int], workers: int, tmp: Path, repeat: int,
+               against: Path | None = None) -> list[dict]:
     rows = []
     for n in sizes:
         folder = make_set(PHOTOS, n, tmp / f"set{n}")
@@ -110,7 +121,14 @@ def end_to_end(sizes: list[int], workers: int, tmp: Path, repeat: int) -> list[d
         # (this machine shares its cores; one slow run should not decide a ratio)
         runs: dict[str, list[float]] = {"floor": [], "imagehash": [], "hash": []}
         cpu: dict[str, list[float]] = {"floor": [], "hash": []}
+        if against:
+            runs["against"], cpu["against"] = [], []
         for _ in range(repeat):
+            if against:
+                shutil.rmtree(tmp / f"b{n}", ignore_errors=True)
+                runs["against"].append(timed(baseline(against, "index", *common, "--no-embed",
+                                                      "--db", str(tmp / f"b{n}")))[0])
+                cpu["against"].append(CPU_OF_LAST[0])
             runs["floor"].append(timed(peer("floor", folder, workers))[0])
             cpu["floor"].append(CPU_OF_LAST[0])
             runs["imagehash"].append(timed(peer("imagehash", folder, workers))[0])
@@ -140,7 +158,7 @@ def end_to_end(sizes: list[int], workers: int, tmp: Path, repeat: int) -> list[d
         row["full_batch_eff"] = doc["metrics"]["batch_efficiency"]
         row["rerun"], _ = timed(alice("index", *common, "--db", str(tmp / f"f{n}")))
         shutil.rmtree(folder)
-        for d in ("h", "hs", "f"):
+        for d in ("h", "hs", "f", "b"):
             shutil.rmtree(tmp / f"{d}{n}", ignore_errors=True)
         print(json.dumps(row), flush=True)
         rows.append(row)
@@ -150,9 +168,10 @@ def end_to_end(sizes: list[int], workers: int, tmp: Path, repeat: int) -> list[d
 def threshold(workers: int, tmp: Path) -> list[tuple[int, float, float]]:
     """In-process vs pool decode for small jobs: where the pool starts to pay."""
     sys.path.insert(0, str(REPO))
-    from alice_gpu.discovery import walk
-    from alice_gpu.decoding import DecodePlan
-    from alice_gpu.pipeline import decode_stream, start_pool
+    from alice_gpu.decode import DecodePlan
+    from alice_gpu.discover import walk
+    from alice_gpu.pipeline.dispatch import decode_stream
+    from alice_gpu.pipeline.pool import DecodePool
 
     folder = make_set(PHOTOS, 200, tmp / "thr")
     entries = list(walk([folder]))
@@ -161,12 +180,12 @@ def threshold(workers: int, tmp: Path) -> list[tuple[int, float, float]]:
     for n in (4, 8, 16, 24, 32, 48, 64, 128, 200):
         part = entries[:n]
         t = time.perf_counter()
-        list(decode_stream(part, plan, None, workers, 200, parallel_threshold=10**9))
+        list(decode_stream(part, plan, None, 200, parallel_threshold=10**9))
         seq = time.perf_counter() - t
         t = time.perf_counter()
-        pool = start_pool(workers)   # pool start-up is part of the cost being measured
-        list(decode_stream(part, plan, pool, workers, 200, parallel_threshold=0))
-        pool.shutdown()
+        pool = DecodePool(workers, 60.0)   # pool start-up is part of the cost being measured
+        list(decode_stream(part, plan, pool, 200, parallel_threshold=0))
+        pool.close()
         par = time.perf_counter() - t
         out.append((n, seq, par))
     shutil.rmtree(folder)
@@ -179,13 +198,13 @@ def embedding_stage(batch: int = 100) -> dict:
     import torch
 
     sys.path.insert(0, str(REPO))
-    from alice_gpu.decoding import decode_many
-    from alice_gpu.device import model_batch_size, resolve_precision
-    from alice_gpu.discovery import walk
-    from alice_gpu.embedding import create_model
+    from alice_gpu.decode import DecodePlan, decode_files
+    from alice_gpu.discover import walk
+    from alice_gpu.features.models import create_model
+    from alice_gpu.gpu.devices import model_batch_size, resolve_precision
 
     entries = list(walk([PHOTOS]))[:2 * batch]
-    pix = np.stack([d.pixels for d in decode_many(entries, 256)])
+    pix = np.stack([d.pixels for d in decode_files(entries, DecodePlan(256))])
     x = torch.from_numpy(pix).permute(0, 3, 1, 2).contiguous()
     cpu = torch.device("cpu")
     naive = create_model("efficientnet_lite0", cpu, optimize=False)
@@ -288,6 +307,16 @@ def report(args, rows, thr, emb, ns, big) -> str:
                      "interleaved repeat: " + ", ".join(
                          f"{f / h:.2f}x" for f, h in zip(r['floor_runs'], r['hash_runs'])) + "."
                      for r in rows]
+    if args.against:
+        lines += ["", f"Against `{args.against}` (another source tree of alice-gpu: "
+                  f"{args.against_label}), hash-only, run in the same interleaved repeats; the "
+                  "ratio is this tree's speed over that one's (1.00x = the same):", "",
+                  "| files | that tree --no-embed s | this tree --no-embed s | speed ratio | "
+                  "ratio of each repeat | CPU s that / this |", "|---:|---:|---:|---:|---|---:|"]
+        lines += [f"| {r['n']:,} | {r['against']:.2f} | {r['hash']:.2f} | "
+                  f"{r['against'] / r['hash']:.3f}x | "
+                  + ", ".join(f"{a / h:.2f}" for a, h in zip(r["against_runs"], r["hash_runs"]))
+                  + f" | {r['against_cpu']:.2f} / {r['hash_cpu']:.2f} |" for r in rows]
     lines += ["", "CPU seconds (user + sys of each command's process tree, workers included; "
               "median), which this shared machine's drift moves less than wall time:", "",
               "| files | decode floor CPU s | alice --no-embed CPU s | floor / alice CPU |",
@@ -320,10 +349,14 @@ def report(args, rows, thr, emb, ns, big) -> str:
                      + ", ".join(f"{k} {v:.1f}" for k, v in st.items())
                      + f" (decode = time the device side waited for decoded batches); "
                      f"batch efficiency {b['full_batch_eff']:.2f}.")
-    lines += ["", "In-process vs pool decode (256 px RGB + worker hashes), seconds:", "",
-              "| files | in-process | pool | faster |", "|---:|---:|---:|---|"]
+    if thr:
+        lines += ["", "In-process vs pool decode (256 px RGB + worker hashes), seconds:", "",
+                  "| files | in-process | pool | faster |", "|---:|---:|---:|---|"]
     for n, seq, par in thr:
         lines.append(f"| {n} | {seq:.3f} | {par:.3f} | {'in-process' if seq < par else 'pool'} |")
+    if emb is None:
+        lines += ["", END]
+        return "\n".join(lines) + "\n"
     lines += ["", f"Embedding stage alone (EfficientNet-Lite0, {2 * emb['batch']} real photos, "
               f"batches of {emb['batch']}, 2 torch threads):", "",
               "| variant | img/s | vs naive | min cosine vs naive |", "|---|---:|---:|---:|"]
@@ -342,6 +375,13 @@ def report(args, rows, thr, emb, ns, big) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _describe(tree: Path) -> str:
+    """The commit a source tree is at, for the report."""
+    res = subprocess.run(["git", "-C", str(tree), "log", "-1", "--format=%h %s"],
+                         capture_output=True, text=True)
+    return res.stdout.strip()[:80] or "not a git checkout"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 4000, 10000])
@@ -349,16 +389,21 @@ def main() -> None:
                     help="runs of each hash-only contender per size (median reported)")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--skip-100k", action="store_true")
+    ap.add_argument("--only-end-to-end", action="store_true",
+                    help="skip the threshold, embedding-stage, N-S and 100k measurements")
+    ap.add_argument("--against", type=Path, help="another alice-gpu source tree to compare with")
     ap.add_argument("--write", action="store_true")
     args = ap.parse_args()
-    compile_bytecode()
+    args.against_label = _describe(args.against) if args.against else None
+    compile_bytecode(args.against)
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp_s:
         tmp = Path(tmp_s)
-        rows = end_to_end(args.sizes, args.workers, tmp, args.repeat)
-        thr = threshold(args.workers, tmp)
-        emb = embedding_stage()
-        ns = ns_score(tmp)
-        big = None if args.skip_100k else reindex_100k(tmp)
+        rows = end_to_end(args.sizes, args.workers, tmp, args.repeat, args.against)
+        quick = args.only_end_to_end
+        thr = [] if quick else threshold(args.workers, tmp)
+        emb = None if quick else embedding_stage()
+        ns = None if quick else ns_score(tmp)
+        big = None if quick or args.skip_100k else reindex_100k(tmp)
     text = report(args, rows, thr, emb, ns, big)
     print(text)
     if args.write:

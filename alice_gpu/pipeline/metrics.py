@@ -1,7 +1,7 @@
 """Run metrics (the seed's PerformanceMetrics): stage timers and peak memory of the process tree.
 
 ``memory_usage_mb`` is the peak of the summed resident memory of this process
-and all its descendants (the decode workers, and a fork server's), sampled
+and all its descendants (the decode workers), sampled
 with psutil every 100 ms, and never less than the peak RSS the kernel reports
 for this process or its largest waited-for child.
 """
@@ -14,9 +14,10 @@ import threading
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import psutil
+if TYPE_CHECKING:
+    import psutil
 
 STAGES = ("discover", "decode", "transfer", "compute", "write")
 
@@ -86,6 +87,8 @@ class PeakMemory:
         self._thread = threading.Thread(target=self._run, name="alice-rss", daemon=True)
 
     def _run(self) -> None:
+        import psutil   # on this thread: off the path to the first decode
+
         me = psutil.Process()
         procs: list[psutil.Process] = []
         for n in itertools.count():
@@ -114,8 +117,10 @@ class PeakMemory:
         self.peak_mb = max(self.peak_mb, own, child)
 
 
-def _tree(proc: psutil.Process) -> list[psutil.Process]:
-    """``proc`` and all its descendants (decode workers, a fork server and its children)."""
+def _tree(proc: "psutil.Process") -> list["psutil.Process"]:
+    """``proc`` and all its descendants (the decode workers)."""
+    import psutil
+
     try:
         return [proc, *proc.children(recursive=True)]
     except psutil.Error:

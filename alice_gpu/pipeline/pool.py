@@ -29,14 +29,15 @@ import threading
 from typing import Iterable, Iterator, Sequence
 
 from concurrent.futures import Future
-
-from loky import ProcessPoolExecutor
-from loky.backend.context import get_context as loky_context
+from typing import TYPE_CHECKING
 
 from ..decode import DecodePlan, Known
 from ..errors import ConfigError
 from ..features.worker import decode_and_hash
 from ..records import Decoded, FileEntry
+
+if TYPE_CHECKING:
+    from loky import ProcessPoolExecutor
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,11 @@ class DecodePool:
         self.restarts = 0
         self.executor = self._start()
 
-    def _start(self) -> ProcessPoolExecutor:
+    def _start(self) -> "ProcessPoolExecutor":
+        # imported here: small jobs decode in-process and never pay for it
+        from loky import ProcessPoolExecutor
+        from loky.backend.context import get_context as loky_context
+
         method = start_method()
         ctx = loky_context(method) if method == "loky" else multiprocessing.get_context(method)
         executor = ProcessPoolExecutor(max_workers=self.workers, context=ctx,
