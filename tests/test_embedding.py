@@ -44,6 +44,8 @@ def test_registry():
 def test_weights_load_correctly_imagenet_accuracy(photo_set, device):
     """Real photos with known labels prove the weights, padding and normalisation."""
     rows, _, pixels = photo_set
+    if len(rows) < 400:      # the GPU check kit carries a few photos, not the whole set
+        pytest.skip(f"needs the whole photo_collection for a meaningful accuracy ({len(rows)} here)")
     top1, top5 = _accuracy(create_model("efficientnet_lite0", device), pixels, rows, device)
     assert top1 >= 0.85 and top5 >= 0.95, (top1, top5)
 

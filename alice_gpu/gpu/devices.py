@@ -41,13 +41,15 @@ def hashes_in_workers(device: torch.device | None, parallel_hash_computation: bo
 
 
 def resolve_precision(device: torch.device, requested: str = "auto") -> str:
-    """``auto``: fp16 on CUDA, bf16 on CPUs with native bf16 (oneDNN), else fp32."""
+    """``auto``: fp16 on CUDA; bf16 on CPUs where it is native (oneDNN says so and ATen
+    runs its AVX-512 kernels; ``ATEN_CPU_CAPABILITY=avx2`` turns them off); else fp32."""
     if requested != "auto":
         return requested
     if device.type == "cuda":
         return "fp16"
     try:
-        native_bf16 = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        native_bf16 = (bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+                       and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
     except (AttributeError, RuntimeError):
         native_bf16 = False
     return "bf16" if native_bf16 else "fp32"

@@ -6,7 +6,8 @@ and :mod:`.dispatch` starts a new pool and retries those files one by one.
 pebble was tried first, for its per-task isolation, and dropped: when a worker
 was killed from outside at a random moment (``test_kill_loop.py``, SIGTERM to a
 worker), pebble lost the task that worker had just taken in 2 of 60 runs, and
-its future never completed (pebble issue #153). What the pool does not do is added here:
+its future never completed (pebble issue #153); loky finished all 60. What the
+pool does not do is added here:
 
 * a deadline per *file*: the worker arms ``SIGALRM`` (default action: the
   process ends) before each file of its chunk, so a file that hangs, even in C
@@ -26,10 +27,8 @@ import os
 import signal
 import sys
 import threading
-from typing import Iterable, Iterator, Sequence
-
 from concurrent.futures import Future
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
 
 from ..decode import DecodePlan, Known
 from ..errors import ConfigError
@@ -40,6 +39,7 @@ if TYPE_CHECKING:
     from loky import ProcessPoolExecutor
 
 log = logging.getLogger(__name__)
+
 
 def effective_workers(requested: int) -> int:
     """Workers are capped at the cores present."""
@@ -56,7 +56,7 @@ def _each_within(entries: Iterable[FileEntry], timeout: float) -> Iterator[FileE
     """The files, with the alarm re-armed as each one is taken (and off after the last).
 
     ``SIGALRM`` keeps its default action in a worker: the kernel ends the process,
-    whatever the decoder is doing, and the pool reports ``TIMED_OUT``.
+    whatever the decoder is doing, and the pool reports a terminated worker.
     """
     try:
         for entry in entries:
