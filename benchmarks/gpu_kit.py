@@ -20,8 +20,10 @@ and prints its size together with the tracked working tree's (the limit is 64 Mi
 ``run`` installs every carried wheel with ``--no-deps`` into ``.gpu-carry/site``
 (a ``--target`` folder: the machine's own packages, torch first, are not touched),
 then runs ``pytest -m cuda`` and ``benchmarks/gpu_check.py --write`` against the
-installed package, within a time budget, and leaves logs, JUnit XML, the check's
-JSON and the updated RESULTS.md under ``--out`` (default ``$OUT``).
+installed package, within a time budget (8 minutes), and leaves logs, JUnit XML,
+the check's JSON and the updated RESULTS.md under ``--out`` (default ``$OUT``).
+``--cpu-only`` is the dry run for a machine without a GPU: the CUDA tests skip,
+the check runs ``--cpu-only`` and RESULTS.md is left as it is.
 """
 
 from __future__ import annotations
@@ -67,14 +69,25 @@ def pack(shared: Path, photos: int) -> None:
                 "files": {str(p.relative_to(CARRY)): _sha256(p)
                           for p in sorted(CARRY.rglob("*")) if p.is_file()}}
     (CARRY / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    carry = sum(p.stat().st_size for p in CARRY.rglob("*") if p.is_file())
-    tree = sum((REPO / f).stat().st_size for f in _git("ls-files", "-z").split("\0")
-               if f and (REPO / f).is_file())
+    if _sizes() >= LIMIT:
+        raise SystemExit("the carry is over the limit: fewer photos (--photos)")
+
+
+def _sizes() -> int:
+    """Print and return what travels: the carry (without the install ``run`` makes in it)
+    and the tracked working tree."""
+    carry = sum(p.stat().st_size for p in CARRY.rglob("*")
+                if p.is_file() and "site" not in p.relative_to(CARRY).parts[:1])
+    try:
+        tracked = _git("ls-files", "-z").split("\0")
+    except (OSError, subprocess.CalledProcessError):    # a copy without .git: every file
+        tracked = [str(p.relative_to(REPO)) for p in REPO.rglob("*")
+                   if p.is_file() and CARRY not in p.parents]
+    tree = sum((REPO / f).stat().st_size for f in tracked if f and (REPO / f).is_file())
     total = carry + tree
     print(f"carry {carry / 2**20:.1f} MiB + tracked working tree {tree / 2**20:.1f} MiB "
-          f"= {total / 2**20:.1f} MiB (limit {LIMIT / 2**20:.0f} MiB)")
-    if total >= LIMIT:
-        raise SystemExit("the carry is over the limit: fewer photos (--photos)")
+          f"= {total / 2**20:.1f} MiB (limit {LIMIT / 2**20:.0f} MiB)", flush=True)
+    return total
 
 
 def _wheels(dest: Path) -> None:
@@ -124,6 +137,7 @@ def run(out: Path, cpu_only: bool, files: int | None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if not (CARRY / "manifest.json").exists():
         raise SystemExit(f"no carry at {CARRY}: run `python benchmarks/gpu_kit.py pack` first")
+    _sizes()
     if f"{sys.version_info.major}.{sys.version_info.minor}" != PYTHON:
         print(f"warning: the carried wheels are for Python {PYTHON}, this is "
               f"{sys.version.split()[0]}", flush=True)
@@ -133,6 +147,10 @@ def run(out: Path, cpu_only: bool, files: int | None) -> int:
     wheels = sorted(str(p) for p in (CARRY / "wheels").glob("*.whl"))
     _step(out, "install", [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
                            "--target", str(site), *wheels], env=os.environ, budget=120)
+    stale = _stale(site)
+    if stale:
+        raise SystemExit(f"the carried alice-gpu wheel differs from this working tree "
+                         f"({', '.join(stale[:3])}...): run `gpu_kit.py pack` again")
     env = _environment(site)
     _step(out, "versions", [sys.executable, "-P", "-c", _VERSIONS], env=env, budget=60)
     left = RUN_BUDGET_S - (time.monotonic() - t0)
@@ -140,10 +158,11 @@ def run(out: Path, cpu_only: bool, files: int | None) -> int:
                                        "-m", "cuda", "--junitxml", str(out / "pytest-cuda.xml"),
                                        "tests"], env=env, budget=left * 0.45)
     left = RUN_BUDGET_S - (time.monotonic() - t0) - 10
-    check = [sys.executable, "-P", "benchmarks/gpu_check.py", "--write",
+    check = [sys.executable, "-P", "benchmarks/gpu_check.py",
              "--json-out", str(out / "gpu_check.json"),
              "--tests-from", str(out / "pytest-cuda.log")]
-    check += ["--cpu-only"] if cpu_only else []
+    # a dry run leaves RESULTS.md alone: its table is in gpu-check.log and the JSON
+    check += ["--cpu-only"] if cpu_only else ["--write"]
     check += ["--files", str(files)] if files else []
     checked = _step(out, "gpu-check", check, env=env, budget=left)
     shutil.copy2(REPO / "benchmarks" / "RESULTS.md", out / "RESULTS.md")
@@ -163,6 +182,19 @@ for name in ("torch", "torchvision", "cupy", "numpy", "PIL", "pyarrow", "duckdb"
     except Exception as exc:
         print(f"{name} missing ({type(exc).__name__}: {exc})")
 """
+
+
+def _stale(site: Path) -> list[str]:
+    """Files of the installed package that are not the working tree's (a pack made earlier)."""
+    installed = {p.relative_to(site): p for p in (site / "alice_gpu").rglob("*")
+                 if p.is_file() and p.suffix in (".py", ".yaml", ".cu")}
+    mine = {Path("alice_gpu") / p.relative_to(REPO / "alice_gpu"): p
+            for p in (REPO / "alice_gpu").rglob("*.py")}
+    mine.update({Path("alice_gpu", sub, p.name): p for sub in ("configs", "kernels")
+                 for p in (REPO / sub).iterdir() if p.suffix in (".py", ".yaml", ".cu")})
+    return sorted(str(k) for k in installed.keys() | mine.keys()
+                  if k not in installed or k not in mine
+                  or installed[k].read_bytes() != mine[k].read_bytes())
 
 
 def _environment(site: Path) -> dict[str, str]:
