@@ -37,7 +37,7 @@ _PROBE = ("import runpy, sys; sys.argv = ['alice-gpu'] + sys.argv[1:]\n"
 
 def command(tree: Path | None, args: list[str]) -> list[str]:
     env = ["env", f"PYTHONPATH={tree}"] if tree else []
-    return [*env, sys.executable, "-c", _PROBE, *args]
+    return [*env, sys.executable, "-P", "-c", _PROBE, *args]   # -P: not the cwd's package
 
 
 def timed(cmd: list[str]) -> tuple[float, bool]:

@@ -88,7 +88,9 @@ def alice(*args: str) -> list[str]:
 
 def baseline(tree: Path, *args: str) -> list[str]:
     """alice-gpu from another source tree (its own package, this environment's libraries)."""
-    return ["env", f"PYTHONPATH={tree}", sys.executable, "-m", "alice_gpu.cli", *args, "--json"]
+    # -P: the tree's package, not one in the working directory
+    return ["env", f"PYTHONPATH={tree}", sys.executable, "-P", "-m", "alice_gpu.cli", *args,
+            "--json"]
 
 
 def peer(kind: str, folder: Path, workers: int) -> list[str]:
