@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
-from cachetools import TTLCache
-
 from .config import Config, default_db_dir, load_config
 from .errors import ConfigError
 from .features.modelcfg import known_dim
@@ -41,11 +39,21 @@ class QueryCache:
     """
 
     def __init__(self, size: int, ttl: float):
-        self._items: TTLCache | None = TTLCache(size, ttl) if size > 0 and ttl > 0 else None
+        self.size, self.ttl = size, ttl
+        self._items: Any = None
         self.hits = self.misses = 0
 
+    def _cache(self) -> Any:
+        """The TTL cache, made on first use (an `index` run never imports cachetools)."""
+        if self._items is None and self.size > 0 and self.ttl > 0:
+            from cachetools import TTLCache
+
+            self._items = TTLCache(self.size, self.ttl)
+        return self._items
+
     def get(self, key: tuple) -> Any | None:
-        value = None if self._items is None else self._items.get(key)
+        items = self._cache()
+        value = None if items is None else items.get(key)
         if value is None:
             self.misses += 1
         else:
@@ -53,8 +61,9 @@ class QueryCache:
         return value
 
     def put(self, key: tuple, value: Any) -> None:
-        if self._items is not None:
-            self._items[key] = value
+        items = self._cache()
+        if items is not None:
+            items[key] = value
 
 
 def _stamp(path: Path) -> tuple[int, int]:

@@ -40,16 +40,22 @@ class Exit(Exception):
 
 # ------------------------------------------------------------------ option types
 
-def _choice(what: str, choices: Sequence[str]) -> dict[str, Any]:
-    """An option whose values are checked in the parser, shown in help, and completed."""
+def _choice(what: str, choices: Sequence[str] | Callable[[], Sequence[str]],
+            metavar: str | None = None) -> dict[str, Any]:
+    """An option whose values are checked in the parser, shown in help, and completed.
+
+    ``choices`` may be a function, asked only when the option is used.
+    """
+    known = choices if callable(choices) else (lambda: choices)
 
     def parse(value: str) -> str:
-        if value not in choices:
-            raise typer.BadParameter(f"unknown {what} {value!r} (choose from {', '.join(choices)})")
+        if value not in known():
+            raise typer.BadParameter(f"unknown {what} {value!r} (choose from "
+                                     f"{', '.join(known())})")
         return value
 
-    return {"parser": parse, "metavar": "[" + "|".join(choices) + "]",
-            "autocompletion": lambda incomplete: [c for c in choices if c.startswith(incomplete)]}
+    return {"parser": parse, "metavar": metavar or "[" + "|".join(known()) + "]",
+            "autocompletion": lambda incomplete: [c for c in known() if c.startswith(incomplete)]}
 
 
 def _device(value: str) -> str:
@@ -193,8 +199,10 @@ def index(
                                help="Remove indexed files even when more than half vanished."),
     decode: Optional[str] = typer.Option(None, "--decode", **_choice("--decode", ("cpu", "gpu")),
                                          help="cpu (default) or gpu (nvJPEG for JPEGs; CUDA)."),
-    profile: Optional[str] = typer.Option(None, "--profile", **_choice("profile", _profiles()),
-                                          help="Named configuration (configs/)."),
+    profile: Optional[str] = typer.Option(None, "--profile",
+                                          **_choice("profile", _profiles, metavar="NAME"),
+                                          help="Named configuration: default, fast, memory, "
+                                               "large (configs/)."),
     progress: str = typer.Option("auto", "--progress",
                                  **_choice("--progress", ("auto", "bar", "jsonl", "none")),
                                  help="auto: a bar on a terminal; jsonl: one JSON object per "
