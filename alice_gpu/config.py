@@ -58,7 +58,7 @@ class DecodeConfig:
     block_means: bool = True
     # jobs with fewer files than this are decoded in-process (no pool start-up);
     # measured by benchmarks/bench_throughput.py (see RESULTS.md)
-    parallel_threshold: int = 48
+    parallel_threshold: int = 32
     prefetch_batches: int = 2
     engine: str = "cpu"            # cpu (Pillow in the workers) | gpu (nvJPEG for JPEGs; CUDA only)
     timeout_seconds: float = 60.0  # per file, in the workers: a slower file is recorded as failed

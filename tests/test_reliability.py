@@ -297,7 +297,7 @@ def test_a_crash_during_in_process_decoding_sends_the_next_run_to_isolated_worke
 
     media, db = tmp_path / "media", tmp_path / "db"
     media.mkdir()
-    for src in sorted((photos / "images").iterdir())[:10]:     # < parallel_threshold (48)
+    for src in sorted((photos / "images").iterdir())[:10]:     # < parallel_threshold (32)
         shutil.copy2(src, media / src.name)
     culprit = str(sorted(media.iterdir())[4])
     cmd = [sys.executable, "-c", _KILL_ON, culprit, str(db), str(media)]
