@@ -127,8 +127,9 @@ class Config:
     query: QueryConfig = field(default_factory=QueryConfig)
 
     def validate(self) -> "Config":
-        _check(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-               f"device must be auto, cpu or cuda (got {self.device!r})")
+        _check(self.device in ("auto", "cpu", "cuda")
+               or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+               f"device must be auto, cpu or cuda (or cuda:N; got {self.device!r})")
         for f in fields(self):
             value = getattr(self, f.name)
             if dataclasses.is_dataclass(value):

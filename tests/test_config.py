@@ -52,6 +52,7 @@ def test_unknown_profile_and_both_sources_are_refused(tmp_path):
     ("performance:\n  max_memory_cache_mb: 1\n", "max_memory_cache_mb must be >= 16"),
     ("features:\n  precision: fp8\n", "features.precision must be"),
     ("device: tpu\n", "device must be auto, cpu or cuda"),
+    ("device: cuda:x\n", "device must be auto, cpu or cuda"),
     ("- a\n- b\n", "config must be a mapping"),
     ("decode: [\n", "not valid YAML"),
     ("turbo: true\n", "unknown config key 'turbo'"),

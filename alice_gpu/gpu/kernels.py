@@ -61,9 +61,9 @@ def kernel_device(name: str) -> int | None:
         except Exception as exc:  # noqa: BLE001 - no driver, no device: the CPU answers
             log.debug("no CUDA device for the hash kernels (%s)", exc)
             return None
-    if not name.startswith("cuda"):
-        raise DeviceError(f"unknown device {name!r} (choose auto, cpu or cuda)")
-    index = int(name.partition(":")[2] or 0) if name[4:5] in ("", ":") else -1
+    if name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise DeviceError(f"unknown device {name!r} (choose auto, cpu, cuda or cuda:N)")
+    index = int(name[5:] or 0)
     try:
         count = _cupy().cuda.runtime.getDeviceCount()
     except DeviceError:
