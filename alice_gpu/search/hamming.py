@@ -33,7 +33,23 @@ def hamming_topk(query: int, hashes: np.ndarray, k: int) -> tuple[np.ndarray, np
 
 
 def hamming_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair of rows (i < j) within ``threshold`` bits: (i, j, distance), sorted by (i, j)."""
+    """Every pair of rows (i < j) within ``threshold`` bits: (i, j, distance), sorted by (i, j).
+
+    Multi-index hashing (sub-quadratic) wherever its cost model beats a scan; else
+    FAISS's brute-force range search, which defines the semantics both must meet.
+    """
+    n = len(hashes)
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    from .mih import mih_pairs
+
+    found = mih_pairs(hashes, threshold)
+    return found if found is not None else brute_hamming_pairs(hashes, threshold)
+
+
+def brute_hamming_pairs(hashes: np.ndarray, threshold: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All pairs within ``threshold`` bits by an all-against-all FAISS scan (the reference)."""
     n = len(hashes)
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
