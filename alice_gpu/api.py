@@ -11,11 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .config import Config, default_db_dir, load_config
-from .errors import ConfigError
+from .errors import ConfigError, QueryMemoryError
 from .features.modelcfg import known_dim
 from .store import DB_FILE, MANIFEST_FILE, Store
 
@@ -105,8 +106,11 @@ class AliceIndex:
             from .features.models import model_cfg   # a plug-in model: ask the registry
 
             dim = model_cfg(name).dim
-        return Store(self.folder, model=name, dim=dim, read_only=read_only,
-                     memory_limit_mb=max(256, self.config.performance.max_memory_cache_mb))
+        # an index run caches what it writes within the decode budget; a query's DuckDB
+        # share of its own budget (the rest: the vector index and the slices it streams)
+        limit = (max(128, self.config.query.memory_mb // 4) if read_only else
+                 max(256, self.config.performance.max_memory_cache_mb))
+        return Store(self.folder, model=name, dim=dim, read_only=read_only, memory_limit_mb=limit)
 
     def index(self, paths: Iterable[str | os.PathLike[str]], *, device: str | None = None,
               embed: bool | None = None, batch_size: int | None = None,
@@ -154,9 +158,9 @@ class AliceIndex:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        with self._open(read_only=True) as store:
-            result = similar(store, VectorIndex(store), path, k=k, by=by, cfg=cfg,
-                             device=cfg.device)
+        with self._open(read_only=True) as store, _query_memory(cfg):
+            vectors = VectorIndex(store, mmap=True, memory_mb=cfg.query.memory_mb)
+            result = similar(store, vectors, path, k=k, by=by, cfg=cfg, device=cfg.device)
         self.cache.put(key, result)
         return result
 
@@ -171,9 +175,10 @@ class AliceIndex:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        with self._open(read_only=True) as store:
-            result = duplicates(store, VectorIndex(store), by=by, threshold=threshold,
-                                cfg=cfg, device=cfg.device)
+        with self._open(read_only=True) as store, _query_memory(cfg):
+            vectors = VectorIndex(store, mmap=True, memory_mb=cfg.query.memory_mb)
+            result = duplicates(store, vectors, by=by, threshold=threshold, cfg=cfg,
+                                device=cfg.device)
         self.cache.put(key, result)
         return result
 
@@ -182,6 +187,20 @@ class AliceIndex:
             out = store.stats()
         out["db"] = str(self.folder)
         return out
+
+
+@contextmanager
+def _query_memory(cfg: Config) -> Iterator[None]:
+    """Running out of memory in a query is a one-line error (exit 5), not a traceback."""
+    import duckdb
+
+    try:
+        yield
+    except (MemoryError, duckdb.OutOfMemoryException) as exc:
+        raise QueryMemoryError(
+            f"the query ran out of memory ({str(exc).splitlines()[0][:160] or 'MemoryError'}); "
+            f"query.memory_mb is {cfg.query.memory_mb}: raise it in a config file (--config) "
+            f"on a machine with more memory") from None
 
 
 def open_index(db: str | os.PathLike[str] | None = None, *, config: Config | str | None = None

@@ -19,10 +19,11 @@ from typing import Any, Callable, Optional, Sequence
 import typer
 
 from .config import QUERY_KINDS, HASH_NAMES, load_config, profile_names, threshold_problem
-from .errors import (ConfigError, DeviceError, ModelError, QueryError, StorageError, StoreError,
-                     StoreLockedError)
+from .errors import (ConfigError, DeviceError, ModelError, QueryError, QueryMemoryError,
+                     StorageError, StoreError, StoreLockedError)
 
 EXIT_OK, EXIT_FAILED_FILES, EXIT_USAGE, EXIT_LOCKED, EXIT_STORAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+EXIT_MEMORY = 5
 
 app = typer.Typer(name="alice-gpu", no_args_is_help=True, pretty_exceptions_enable=False,
                   context_settings={"help_option_names": ["-h", "--help"]},
@@ -125,6 +126,8 @@ def _run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise _fail(str(exc), EXIT_LOCKED) from None
     except StorageError as exc:
         raise _fail(str(exc), EXIT_STORAGE) from None
+    except QueryMemoryError as exc:
+        raise _fail(str(exc), EXIT_MEMORY) from None
     except (ConfigError, DeviceError, ModelError, QueryError, StoreError) as exc:
         raise _fail(str(exc), EXIT_USAGE) from None
 

@@ -111,9 +111,12 @@ class QueryConfig:
     # Hamming distance (bits of 64) for hash duplicates, cosine for embeddings
     hash_threshold: int = 10
     embedding_threshold: float = 0.85
+    # similar / duplicates / a vector-index rebuild stay within this (not the decode budget)
+    memory_mb: int = 2048
 
     def validate(self) -> None:
         _check(self.k >= 1, "query.k must be >= 1")
+        _check(self.memory_mb >= 256, "query.memory_mb must be >= 256")
         _check(0 <= self.hash_threshold <= 64, "query.hash_threshold must be in 0..64")
         _check(-1.0 <= self.embedding_threshold <= 1.0, "query.embedding_threshold must be in -1..1")
 

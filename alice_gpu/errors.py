@@ -26,6 +26,10 @@ class QueryError(AliceError, ValueError):
     """A query that cannot be answered (unreadable image, unknown --by...)."""
 
 
+class QueryMemoryError(QueryError):
+    """A query that would need more memory than ``query.memory_mb`` allows: exit 5."""
+
+
 class StoreError(AliceError, RuntimeError):
     """The store cannot be opened or used."""
 

@@ -178,7 +178,7 @@ def test_schema_1_is_migrated_with_a_backup(tmp_path):
     with pytest.raises(Exception, match="run `alice-gpu index` once"):
         Store(folder, model="test", dim=4, read_only=True)
     with Store(folder, model="test", dim=4) as store:
-        assert stored_version(store.con) == SCHEMA_VERSION == 3
+        assert stored_version(store.con) == SCHEMA_VERSION == 4
         cols = {r[0] for r in store.con.execute("DESCRIBE assets").fetchall()}
         assert "content_hash" in cols
     assert (folder / f"{DB_FILE}.v1.bak").exists()
@@ -194,10 +194,51 @@ def test_schema_2_blake2b_content_hashes_are_dropped_with_a_backup(tmp_path):
     con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     con.close()
     with Store(folder, model="test", dim=4) as store:
-        assert stored_version(store.con) == 3
+        assert stored_version(store.con) == 4
         assert store.con.execute("SELECT path, content_hash FROM assets").fetchall() == [
             ("/x/a.jpg", None)]
     assert (folder / f"{DB_FILE}.v2.bak").exists()
+
+
+def test_schema_3_float_vectors_become_int8_codes_with_a_backup(tmp_path):
+    """Schema 3 stored FLOAT[dim] vectors (5 KB at 1280-d); 4 stores int8 codes + a scale."""
+    folder = tmp_path / "v3"
+    rng = np.random.default_rng(3)
+    vecs = rng.standard_normal((5, 4)).astype(np.float32)
+    vecs[2] = 0.0                                         # a zero vector stays zero
+    Store(folder, model="test", dim=4).close()
+    con = duckdb.connect(str(folder / DB_FILE))
+    con.execute("DROP TABLE embeddings")
+    con.execute("CREATE TABLE embeddings (asset_id BIGINT PRIMARY KEY, model VARCHAR NOT NULL, "
+                "vector FLOAT[4] NOT NULL)")
+    for i, v in enumerate(vecs):
+        con.execute("INSERT INTO embeddings VALUES (?, 'test', ?)", [i + 1, v.tolist()])
+    con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    con.close()
+    with Store(folder, model="test", dim=4) as store:
+        assert stored_version(store.con) == 4
+        ids, got = store.embeddings()
+        version = store.vectors_version()
+    assert ids.tolist() == [1, 2, 3, 4, 5]
+    unit = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-30)
+    assert np.all(got[2] == 0)
+    keep = [0, 1, 3, 4]
+    assert np.min(np.sum(got[keep] * unit[keep], axis=1)) > 0.999
+    assert version >= 1                                   # the old FAISS file is now stale
+    assert (folder / f"{DB_FILE}.v3.bak").exists()
+
+
+def test_int8_codec_keeps_cosine_and_sizes():
+    from alice_gpu.store import codec
+
+    rng = np.random.default_rng(0)
+    mat = np.abs(rng.standard_normal((64, 1280))).astype(np.float32)
+    mat /= np.linalg.norm(mat, axis=1, keepdims=True)
+    codes, scale = codec.encode(mat)
+    assert codes.dtype == np.int8 and codes.nbytes + scale.nbytes == 64 * 1284
+    back = codec.decode(codes, scale)
+    assert np.min(np.sum(back * mat, axis=1)) > 0.9998
+    assert np.allclose(np.linalg.norm(back, axis=1), 1.0, atol=1e-5)
 
 
 def test_content_hash_is_the_sha256_users_can_check(photos):

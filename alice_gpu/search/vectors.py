@@ -1,20 +1,26 @@
 """Search, vectors: the FAISS embedding index, derived from the store, never the other way round.
 
-The index (inner product over L2-normalised vectors, ids = asset ids) is saved
-atomically beside the DuckDB file with a sidecar naming the store's
-``vectors_version`` it reflects. Missing, stale or unreadable files are rebuilt
-from DuckDB; that is never fatal.
+Below ``FLAT_MAX`` vectors the index is exact (``IndexFlatIP``); from there on it
+is an IVF index with SQ8 codes (``d`` bytes per vector): ``nlist`` grows with
+sqrt(N), it is trained on a reservoir sample of the store, and a query probes a
+fixed fraction of the lists. SQ8 ranks as the exact vectors do (re-ranking with
+the stored vectors did not change recall, benchmarks/RESULTS.md), so there is no
+re-rank step. The file is saved atomically beside the DuckDB file with a sidecar
+naming the store's ``vectors_version`` it reflects; missing, stale or unreadable
+files are rebuilt from DuckDB, streaming, never fatal. Queries memory-map it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+from typing import Iterator
 
 import numpy as np
 
-from ..errors import StorageError
+from ..errors import QueryMemoryError, StorageError
 from ..store import Store
 from .hamming import load_faiss as _faiss
 
@@ -22,17 +28,35 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "vectors.faiss"
 SIDECAR_FILE = "vectors.json"
+FLAT_MAX = 20_000          # exact below this many vectors (the crossover: RESULTS.md)
+TRAIN_PER_LIST = 32        # training vectors per IVF list (FAISS warns below 39; measured fine)
+PROBE_FRACTION = 8         # similar probes nlist / 8 lists: recall@10 >= 0.95 (RESULTS.md)
+GRAPH_PROBES = 2           # duplicates: lists probed per vector for the k-NN graph (RESULTS.md)
+RETRAIN_GROWTH = 4         # retrain once the index holds 4x what it was trained on
+CHUNK = 16384              # vectors per streamed slice (64 MiB at 1280-d)
+
+
+def ivf_lists(n: int) -> int:
+    """IVF lists for n vectors: the power of two nearest 2 * sqrt(n), at least 64."""
+    return max(64, 2 ** round(math.log2(2 * math.sqrt(max(n, 1)))))
 
 
 class VectorIndex:
-    """The embedding index of one store, kept in step with ``Store.vectors_version``."""
+    """The embedding index of one store, kept in step with ``Store.vectors_version``.
 
-    def __init__(self, store: Store):
+    ``mmap=True`` (queries) maps an IVF file instead of reading it: a query touches
+    only the lists it probes. A mapped index is read-only.
+    """
+
+    def __init__(self, store: Store, *, mmap: bool = False, memory_mb: int | None = None):
         self.store = store
+        self.memory_mb = memory_mb
         self.dim = store.dim
         self.path = store.folder / INDEX_FILE
         self.sidecar = store.folder / SIDECAR_FILE
+        self.mmap = mmap
         self.index: object | None = None
+        self.meta: dict = {}
         self.rebuilt = False
         self.deferred = False
 
@@ -54,24 +78,28 @@ class VectorIndex:
         self.deferred = True
         self.index = None
 
-    def _empty(self) -> object:
-        return _faiss().IndexIDMap2(_faiss().IndexFlatIP(self.dim))
+    @property
+    def kind(self) -> str:
+        return self.meta.get("kind", "flat")
 
     def load(self) -> object:
         """The index, from disk when it matches the store, else rebuilt from DuckDB."""
         if self.index is not None:
             return self.index
         want = self.store.vectors_version()
+        faiss = _faiss()
         try:
             meta = json.loads(self.sidecar.read_text())
             if meta.get("version") != want or meta.get("dim") != self.dim:
                 raise ValueError(f"stale (file v{meta.get('version')}, store v{want})")
-            index = _faiss().read_index(str(self.path))
+            flags = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY if self.mmap else 0
+            index = faiss.read_index(str(self.path), flags)
             if index.d != self.dim or index.ntotal != meta.get("count"):
                 raise ValueError("does not match its sidecar")
-            if not isinstance(index, _faiss().IndexIDMap2):
+            expected = faiss.IndexIVF if meta.get("kind") == "ivf" else faiss.IndexIDMap2
+            if not isinstance(index, expected):
                 raise ValueError(f"unexpected index type {type(index).__name__}")
-            self.index = index
+            self.index, self.meta = index, meta
             return self.index
         except FileNotFoundError:
             reason = "missing"
@@ -79,19 +107,56 @@ class VectorIndex:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return self.rebuild(reason)
 
+    def _slices(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.store.iter_embeddings(CHUNK)
+
     def rebuild(self, reason: str = "requested") -> object:
-        ids, mat = self.store.embeddings()
-        log.info("rebuilding vector index from the store (%s): %d vectors", reason, len(ids))
-        index = self._empty()
-        if len(ids):
-            index.add_with_ids(np.ascontiguousarray(mat, dtype=np.float32), ids)
-        self.index = index
+        """Build from the store, streaming: memory is the index plus one slice."""
+        n = self.store.embedding_count()
+        self._check_budget(n)
+        faiss = _faiss()
+        if n < FLAT_MAX:
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+            meta = {"kind": "flat"}
+        else:
+            nlist = ivf_lists(n)
+            sample = self.store.sample_embeddings(min(n, TRAIN_PER_LIST * nlist))
+            quantizer = faiss.IndexFlatIP(self.dim)
+            index = faiss.IndexIVFScalarQuantizer(quantizer, self.dim, nlist,
+                                                  faiss.ScalarQuantizer.QT_8bit,
+                                                  faiss.METRIC_INNER_PRODUCT)
+            index.own_fields = True
+            quantizer.this.disown()
+            log.info("training an IVF%d,SQ8 index on %d of %d vectors", nlist, len(sample), n)
+            index.train(np.ascontiguousarray(sample))
+            del sample
+            meta = {"kind": "ivf", "nlist": nlist, "trained_on": n}
+        log.info("rebuilding the vector index from the store (%s): %d vectors, %s",
+                 reason, n, meta["kind"])
+        for ids, mat in self._slices():
+            index.add_with_ids(np.ascontiguousarray(mat), ids)
+        self.index, self.meta = index, meta
         self.rebuilt = True
         try:
             self.save()   # also after a read-only open: the file is derived, not the store
         except (OSError, StorageError) as exc:
             log.info("could not save the rebuilt vector index (%s); using it in memory", exc)
         return index
+
+    def needs_mb(self, n: int) -> float:
+        """Peak memory of a rebuild at n vectors: the index, plus the larger of the training
+        sample and one streamed slice (with its decoded copy)."""
+        per = 4 * self.dim + 8 if n < FLAT_MAX else self.dim + 8
+        sample = TRAIN_PER_LIST * ivf_lists(n) * self.dim * 4 if n >= FLAT_MAX else 0
+        return (n * per + max(sample, 3 * CHUNK * self.dim * 4)) / 2 ** 20
+
+    def _check_budget(self, n: int) -> None:
+        # faiss, DuckDB's share and the interpreter take the last quarter of the budget
+        if self.memory_mb and self.needs_mb(n) > 0.75 * self.memory_mb:
+            raise QueryMemoryError(
+                f"the vector index of {n:,} embeddings needs about {self.needs_mb(n):,.0f} MiB, "
+                f"more than query.memory_mb ({self.memory_mb}) allows; raise it in a config file "
+                f"(--config) on a machine with more memory")
 
     def update(self, remove_ids: np.ndarray, add_ids: np.ndarray, add_vecs: np.ndarray) -> None:
         """Apply changes and save."""
@@ -103,7 +168,9 @@ class VectorIndex:
 
         Call ``load()`` before the run writes, so the loaded index matches the
         store as it was; applying a change twice is harmless (ids re-added are
-        removed first), so a rebuild that already saw it stays correct.
+        removed first), so a rebuild that already saw it stays correct. An index
+        that outgrows its kind (flat past ``FLAT_MAX``, IVF past ``RETRAIN_GROWTH``
+        times its training size) is rebuilt from the store instead.
         """
         if self.deferred:
             return
@@ -115,6 +182,15 @@ class VectorIndex:
         if len(add_ids):
             index.add_with_ids(np.ascontiguousarray(add_vecs, dtype=np.float32),
                                np.asarray(add_ids, dtype=np.int64))
+        if self._outgrown():
+            self.index = None
+            self.rebuild("outgrown")
+
+    def _outgrown(self) -> bool:
+        n = self.index.ntotal
+        if self.kind == "flat":
+            return n >= FLAT_MAX
+        return n > RETRAIN_GROWTH * self.meta.get("trained_on", n)
 
     def save(self) -> None:
         """Atomic: temp file + rename, the sidecar last (a crash between = stale = rebuild)."""
@@ -122,7 +198,7 @@ class VectorIndex:
             return
         tmp = self.path.with_name(f".{INDEX_FILE}.tmp")
         stmp = self.sidecar.with_name(f".{SIDECAR_FILE}.tmp")
-        meta = {"version": self.store.vectors_version(), "dim": self.dim,
+        meta = {**self.meta, "version": self.store.vectors_version(), "dim": self.dim,
                 "count": int(self.index.ntotal), "model": self.store.model}
         try:
             _faiss().write_index(self.index, str(tmp))
@@ -136,6 +212,11 @@ class VectorIndex:
             raise StorageError(f"could not write the vector index {self.path} "
                                f"({str(exc).splitlines()[0][-160:]}); the store is intact and "
                                f"the index is rebuilt from it on next use") from None
+        self.meta = meta
+
+    def _probe(self, index: object, probes: int) -> None:
+        if self.kind == "ivf":
+            _faiss().extract_index_ivf(index).nprobe = max(1, min(probes, self.meta["nlist"]))
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by cosine: (scores, ids) for one (dim,) query, best first."""
@@ -143,18 +224,39 @@ class VectorIndex:
         k = min(k, index.ntotal)
         if k == 0:
             return np.zeros(0, np.float32), np.zeros(0, np.int64)
+        self._probe(index, self.meta.get("nlist", 1) // PROBE_FRACTION)
         scores, ids = index.search(np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32), k)
         keep = ids[0] >= 0
         return scores[0][keep], ids[0][keep]
 
-    def range_pairs(self, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """All pairs (i < j) with cosine >= threshold: (id_a, id_b, score)."""
-        ids, mat = self.store.embeddings()
-        if len(ids) < 2:
+    def range_pairs(self, threshold: float, k: int = 16
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pairs (a < b) with cosine >= threshold: (id_a, id_b, score).
+
+        Exact (a range search) on a flat index; on an IVF index, the k-nearest-
+        neighbour graph (``k`` per vector, ``GRAPH_PROBES`` lists) cut at the
+        threshold: never an n x n matrix. Vectors stream from the store in slices.
+        """
+        index = self.load()
+        self._probe(index, GRAPH_PROBES)
+        parts = []
+        for ids, mat in self._slices():
+            mat = np.ascontiguousarray(mat)
+            if self.kind == "flat":
+                lims, dist, labels = index.range_search(mat, float(threshold))
+                rows = np.repeat(ids, np.diff(lims).astype(np.int64))
+            else:
+                dist, labels = index.search(mat, min(k + 1, max(1, index.ntotal)))
+                rows = np.repeat(ids, labels.shape[1])
+                dist, labels = dist.reshape(-1), labels.reshape(-1)
+                sel = dist >= threshold
+                rows, dist, labels = rows[sel], dist[sel], labels[sel]
+            keep = (labels >= 0) & (rows != labels)
+            a = np.minimum(rows[keep], labels[keep])
+            b = np.maximum(rows[keep], labels[keep])
+            parts.append((a, b, dist[keep]))
+        if not parts:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-        flat = _faiss().IndexFlatIP(self.dim)
-        flat.add(np.ascontiguousarray(mat))
-        lims, dist, labels = flat.range_search(np.ascontiguousarray(mat), float(threshold))
-        rows = np.repeat(np.arange(len(ids)), np.diff(lims).astype(np.int64))
-        keep = rows < labels
-        return ids[rows[keep]], ids[labels[keep]], dist[keep]
+        a, b, d = (np.concatenate(x) for x in zip(*parts))
+        pair, first = np.unique(np.stack([a, b], axis=1), axis=0, return_index=True)
+        return pair[:, 0].astype(np.int64), pair[:, 1].astype(np.int64), d[first]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import duckdb
 import numpy as np
 
 from ..config import HASH_NAMES as HASHES
+from . import codec
 from .paths import from_db, to_db
 from .schema import ASSET_COLUMNS, first
 
@@ -83,7 +84,7 @@ class Reads:
             join = "JOIN" if require_embedding else "LEFT JOIN"
             rows = self.con.execute(
                 f"SELECT a.content_hash, a.width, a.height, a.format, "
-                f"{', '.join('a.' + h for h in HASHES)}, e.vector "
+                f"{', '.join('a.' + h for h in HASHES)}, e.scale, e.vector "
                 f"FROM assets a JOIN _ch USING (content_hash) "
                 f"{join} embeddings e ON e.asset_id = a.id "
                 f"WHERE a.status = 'ok' ORDER BY a.id").fetchall()
@@ -91,10 +92,12 @@ class Reads:
             self.con.unregister("_ch")
         out: dict[str, dict[str, Any]] = {}
         for row in rows:
-            ch, w, h, fmt, *hashes, vec = row
+            ch, w, h, fmt, *hashes, scale, vec = row
+            emb = None if vec is None else codec.decode(np.asarray([vec], np.int8),
+                                                          np.asarray([scale], np.float32))[0]
             out.setdefault(ch, {"width": w, "height": h, "format": fmt,
                                 "hashes": dict(zip(HASHES, (int(x) for x in hashes))),
-                                "embedding": None if vec is None else np.asarray(vec, np.float32)})
+                                "embedding": emb})
         return out
 
     def max_id(self) -> int:
@@ -128,21 +131,46 @@ class Reads:
         return (np.asarray(cols["id"], dtype=np.int64),
                 np.asarray(cols[kind], dtype=np.uint64))
 
+    def embedding_count(self) -> int:
+        return int(self.con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0])
+
+    def iter_embeddings(self, rows: int = 16384, where: str = "", params: list | None = None
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids int64, vectors (n, dim) float32) in slices of ``rows``, ordered by id.
+
+        Streams: memory is one slice, whatever the size of the index. The reader is
+        its own cursor, so the caller may query the store between slices.
+        """
+        cur = self.con.cursor()
+        try:
+            reader = cur.sql(f"SELECT asset_id, scale, vector FROM embeddings {where} "
+                             f"ORDER BY asset_id", params=params or None).to_arrow_reader(rows)
+            for batch in reader:
+                ids = batch.column(0).to_numpy().astype(np.int64)
+                yield ids, codec.from_arrow(batch.column(2), batch.column(1), self.dim)
+        finally:
+            cur.close()
+
+    def sample_embeddings(self, n: int, seed: int = 0) -> np.ndarray:
+        """About ``n`` stored vectors drawn at random (reservoir), (m, dim) float32."""
+        tbl = self.con.execute(f"SELECT scale, vector FROM embeddings "
+                               f"USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})"
+                               ).to_arrow_table()
+        return codec.from_arrow(tbl.column("vector"), tbl.column("scale"), self.dim)
+
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
-        """(ids int64, vectors (n, dim) float32) of every stored embedding."""
-        tbl = self.con.sql("SELECT asset_id, vector FROM embeddings ORDER BY asset_id"
-                           ).to_arrow_table()
-        ids = tbl.column("asset_id").to_numpy().astype(np.int64)
-        if len(ids) == 0:
-            return ids, np.zeros((0, self.dim), dtype=np.float32)
-        vec = tbl.column("vector").combine_chunks()
-        mat = vec.values.to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, self.dim)
-        return ids, mat
+        """Every stored vector at once: for tests and small stores only (queries stream)."""
+        parts = list(self.iter_embeddings())
+        if not parts:
+            return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
     def embedding_of(self, asset_id: int) -> np.ndarray | None:
-        row = first(self.con.execute("SELECT vector FROM embeddings WHERE asset_id = ?",
+        row = first(self.con.execute("SELECT scale, vector FROM embeddings WHERE asset_id = ?",
                                       [int(asset_id)]).fetchall())
-        return None if row is None else np.asarray(row[0], dtype=np.float32)
+        if row is None:
+            return None
+        return codec.decode(np.asarray([row[1]], np.int8), np.asarray([row[0]], np.float32))[0]
 
     def failed_in_run(self, run_id: int) -> list[tuple[str, str]]:
         return [(from_db(p), e) for p, e in self.con.execute(

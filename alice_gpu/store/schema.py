@@ -21,7 +21,7 @@ from ..errors import StorageError, StoreError, is_storage_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DB_FILE = "alice.duckdb"
 MANIFEST_FILE = "manifest.json"
 
@@ -50,7 +50,8 @@ CREATE TABLE IF NOT EXISTS assets (
 CREATE TABLE IF NOT EXISTS embeddings (
   asset_id BIGINT PRIMARY KEY,
   model VARCHAR NOT NULL,
-  vector FLOAT[{dim}] NOT NULL
+  scale FLOAT NOT NULL,
+  vector TINYINT[{dim}] NOT NULL
 );
 CREATE TABLE IF NOT EXISTS runs (
   id BIGINT PRIMARY KEY,
@@ -77,6 +78,22 @@ _MIGRATIONS = {
     # content hashes were blake2b-128 up to schema 2 and are SHA-256 since: an old value
     # can never match a new one, so it is dropped (a file re-read later gets a new one)
     2: ["UPDATE assets SET content_hash = NULL"],
+    # embeddings were FLOAT[dim] (5 KB at 1280-d) up to schema 3; since 4 they are int8
+    # codes with one scale per vector (store/codec.py: the same formula, in SQL)
+    3: ["""CREATE TABLE embeddings_v4 AS
+           SELECT asset_id, model, CAST(s AS FLOAT) AS scale,
+                  CAST(list_transform(vector, lambda x: CASE WHEN s > 0
+                       THEN greatest(-127, least(127, round(x / s))) ELSE 0 END)
+                       AS TINYINT[{dim}]) AS vector
+           FROM (SELECT *, CAST(list_max(list_transform(vector, lambda x: abs(x))) AS FLOAT) / 127.0
+                        AS s FROM embeddings)""",
+        "DROP TABLE embeddings",
+        """CREATE TABLE embeddings (asset_id BIGINT PRIMARY KEY, model VARCHAR NOT NULL,
+           scale FLOAT NOT NULL, vector TINYINT[{dim}] NOT NULL)""",
+        "INSERT INTO embeddings SELECT * FROM embeddings_v4",
+        "DROP TABLE embeddings_v4",
+        "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
+        "WHERE key = 'vectors_version'"],
 }
 
 
@@ -118,7 +135,8 @@ def stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
     return int(row[0]) if row else None
 
 
-def migrate(con: duckdb.DuckDBPyConnection, folder: Path) -> duckdb.DuckDBPyConnection:
+def migrate(con: duckdb.DuckDBPyConnection, folder: Path, dim: int
+            ) -> duckdb.DuckDBPyConnection:
     """Bring an older schema up to date in one transaction, after a backup copy.
 
     Returns the connection to use from now on (the file is closed for the copy).
@@ -140,7 +158,7 @@ def migrate(con: duckdb.DuckDBPyConnection, folder: Path) -> duckdb.DuckDBPyConn
     try:
         for v in range(version, SCHEMA_VERSION):
             for stmt in _MIGRATIONS[v]:
-                con.execute(stmt)
+                con.execute(stmt.replace("{dim}", str(int(dim))))
         con.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                     [str(SCHEMA_VERSION)])
         con.execute("COMMIT")

@@ -42,7 +42,7 @@ class Store(Reads, Writes):
             # DuckDB caches what it writes; bound it so memory does not grow with the index
             self.con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
         if not read_only:
-            self.con = migrate(self.con, self.folder)
+            self.con = migrate(self.con, self.folder, dim)
             try:
                 init_schema(self.con, self.folder, model, dim)
             except StorageError:

@@ -21,6 +21,7 @@ import numpy as np
 from ..config import HASH_NAMES as HASHES
 from ..errors import StorageError, is_storage_failure
 from ..records import STATUS_OK, AssetRecord
+from . import codec
 from .paths import to_db
 from .schema import ASSET_COLUMNS
 
@@ -127,10 +128,12 @@ class Writes:
                    if emb_rows else np.zeros((0, self.dim), np.float32))
         if emb_mat.shape[1] != self.dim:
             raise ValueError(f"embedding has {emb_mat.shape[1]} dims, index expects {self.dim}")
+        scale, vector = codec.to_arrow(emb_mat, self.dim)
         embs = pa.table({
             "asset_id": pa.array(emb_ids, pa.int64()),
             "model": pa.array([self.model] * len(emb_rows), pa.string()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(emb_mat.reshape(-1)), self.dim),
+            "scale": scale,
+            "vector": vector,
         })
         id_tbl = pa.table({"id": pa.array(ids, pa.int64())})
         con = self.con
@@ -143,7 +146,7 @@ class Writes:
             con.execute("DELETE FROM assets WHERE id IN (SELECT id FROM _ids)")
             self._insert("assets", ASSET_COLUMNS, assets, insert_size, bulk)
             if len(emb_rows):
-                self._insert("embeddings", ("asset_id", "model", "vector"), embs, insert_size, bulk)
+                self._insert("embeddings", ("asset_id", "model", "scale", "vector"), embs, insert_size, bulk)
             if len(emb_rows) or had_vec:
                 con.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
                             "WHERE key = 'vectors_version'")
@@ -152,7 +155,9 @@ class Writes:
             con.unregister("_ids")
         # the vector index only cares when a vector was added or dropped
         touched = ids if (len(emb_rows) or had_vec) else np.zeros(0, np.int64)
-        return WriteResult(len(records), [], emb_ids, emb_mat, touched)
+        # the vector index gets the vectors as stored, so an update equals a rebuild
+        return WriteResult(len(records), [], emb_ids, codec.decode(*codec.encode(emb_mat)),
+                           touched)
 
     def remove_paths(self, paths: Sequence[str]) -> np.ndarray:
         """Delete vanished files (and their embeddings); returns their ids."""
