@@ -148,7 +148,16 @@ def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float 
     check_threshold(by, threshold)
     if by == "embedding":
         thr: float = float(cfg.query.embedding_threshold if threshold is None else threshold)
-        a, b, _ = vectors.range_pairs(thr)
+        gpu = kernel_device(device)
+        if gpu is None:
+            a, b, _ = vectors.range_pairs(thr)      # exact when flat, else the k-NN graph
+        else:                                       # exact: blocked brute force on the GPU
+            import torch
+
+            from ..gpu.blocked import cosine_pairs
+
+            a, b, _ = cosine_pairs(store.iter_embeddings(), thr, torch.device(f"cuda:{gpu}"),
+                                   block=16384)
     else:
         thr = int(cfg.query.hash_threshold if threshold is None else threshold)
         ids, hashes = store.hashes(by)

@@ -32,8 +32,10 @@ FLAT_MAX = 20_000          # exact below this many vectors (the crossover: RESUL
 TRAIN_PER_LIST = 32        # training vectors per IVF list (FAISS warns below 39; measured fine)
 PROBE_FRACTION = 8         # similar probes nlist / 8 lists: recall@10 >= 0.95 (RESULTS.md)
 GRAPH_PROBES = 2           # duplicates: lists probed per vector for the k-NN graph (RESULTS.md)
+SQ_MARGIN = 0.2            # SQ8 ranges: the sample's min..max, widened by 20% each side
 RETRAIN_GROWTH = 4         # retrain once the index holds 4x what it was trained on
-CHUNK = 16384              # vectors per streamed slice (64 MiB at 1280-d)
+CHUNK = 16384              # vectors per streamed slice (80 MiB at 1280-d)
+BASE_MB = 200              # a query process besides the index: ~150 MB measured (RESULTS.md)
 
 
 def ivf_lists(n: int) -> int:
@@ -127,6 +129,10 @@ class VectorIndex:
                                                   faiss.METRIC_INNER_PRODUCT)
             index.own_fields = True
             quantizer.this.disown()
+            # per-dimension ranges from the sample, widened by SQ_MARGIN on each side so a
+            # vector added later that falls outside them is not clipped much
+            index.sq.rangestat = faiss.ScalarQuantizer.RS_minmax
+            index.sq.rangestat_arg = SQ_MARGIN
             log.info("training an IVF%d,SQ8 index on %d of %d vectors", nlist, len(sample), n)
             index.train(np.ascontiguousarray(sample))
             del sample
@@ -144,19 +150,20 @@ class VectorIndex:
         return index
 
     def needs_mb(self, n: int) -> float:
-        """Peak memory of a rebuild at n vectors: the index, plus the larger of the training
-        sample and one streamed slice (with its decoded copy)."""
+        """Peak memory of a rebuild at n vectors: the larger of training (the sample, twice
+        for k-means' work) and adding (the index, plus a streamed slice in three forms)."""
         per = 4 * self.dim + 8 if n < FLAT_MAX else self.dim + 8
-        sample = TRAIN_PER_LIST * ivf_lists(n) * self.dim * 4 if n >= FLAT_MAX else 0
-        return (n * per + max(sample, 3 * CHUNK * self.dim * 4)) / 2 ** 20
+        sample = min(n, TRAIN_PER_LIST * ivf_lists(n)) * self.dim * 4 if n >= FLAT_MAX else 0
+        return max(2 * sample, n * per + 3 * min(CHUNK, n) * self.dim * 4) / 2 ** 20
 
     def _check_budget(self, n: int) -> None:
-        # faiss, DuckDB's share and the interpreter take the last quarter of the budget
-        if self.memory_mb and self.needs_mb(n) > 0.75 * self.memory_mb:
+        # the interpreter, FAISS and DuckDB's working set take about BASE_MB more
+        if self.memory_mb and self.needs_mb(n) + BASE_MB > self.memory_mb:
             raise QueryMemoryError(
-                f"the vector index of {n:,} embeddings needs about {self.needs_mb(n):,.0f} MiB, "
-                f"more than query.memory_mb ({self.memory_mb}) allows; raise it in a config file "
-                f"(--config) on a machine with more memory")
+                f"the vector index of {n:,} embeddings needs about "
+                f"{self.needs_mb(n) + BASE_MB:,.0f} MiB, more than query.memory_mb "
+                f"({self.memory_mb}) allows; raise it in a config file (--config) on a "
+                f"machine with more memory")
 
     def update(self, remove_ids: np.ndarray, add_ids: np.ndarray, add_vecs: np.ndarray) -> None:
         """Apply changes and save."""

@@ -136,15 +136,16 @@ class Reads:
 
     def iter_embeddings(self, rows: int = 16384, where: str = "", params: list | None = None
                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids int64, vectors (n, dim) float32) in slices of ``rows``, ordered by id.
+        """(ids int64, vectors (n, dim) float32) in slices of ``rows``, in storage order.
 
         Streams: memory is one slice, whatever the size of the index. The reader is
         its own cursor, so the caller may query the store between slices.
         """
         cur = self.con.cursor()
         try:
-            reader = cur.sql(f"SELECT asset_id, scale, vector FROM embeddings {where} "
-                             f"ORDER BY asset_id", params=params or None).to_arrow_reader(rows)
+            # no ORDER BY: sorting would materialise the table inside DuckDB's memory limit
+            reader = cur.sql(f"SELECT asset_id, scale, vector FROM embeddings {where}",
+                             params=params or None).to_arrow_reader(rows)
             for batch in reader:
                 ids = batch.column(0).to_numpy().astype(np.int64)
                 yield ids, codec.from_arrow(batch.column(2), batch.column(1), self.dim)
@@ -153,9 +154,9 @@ class Reads:
 
     def sample_embeddings(self, n: int, seed: int = 0) -> np.ndarray:
         """About ``n`` stored vectors drawn at random (reservoir), (m, dim) float32."""
-        tbl = self.con.execute(f"SELECT scale, vector FROM embeddings "
-                               f"USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})"
-                               ).to_arrow_table()
+        tbl = self.con.sql(f"SELECT scale, vector FROM embeddings "
+                           f"USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})"
+                           ).to_arrow_table()
         return codec.from_arrow(tbl.column("vector"), tbl.column("scale"), self.dim)
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
@@ -163,7 +164,9 @@ class Reads:
         parts = list(self.iter_embeddings())
         if not parts:
             return np.zeros(0, np.int64), np.zeros((0, self.dim), np.float32)
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        ids, mat = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        order = np.argsort(ids, kind="stable")
+        return ids[order], mat[order]
 
     def embedding_of(self, asset_id: int) -> np.ndarray | None:
         row = first(self.con.execute("SELECT scale, vector FROM embeddings WHERE asset_id = ?",
