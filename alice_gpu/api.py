@@ -107,8 +107,8 @@ class AliceIndex:
 
             dim = model_cfg(name).dim
         # an index run caches what it writes within the decode budget; a query's DuckDB
-        # share of its own budget (the rest: the vector index and the slices it streams)
-        limit = (max(128, self.config.query.memory_mb // 4) if read_only else
+        # share of its own budget is small: it only streams (the rest is the vector index)
+        limit = (max(64, self.config.query.memory_mb // 16) if read_only else
                  max(256, self.config.performance.max_memory_cache_mb))
         return Store(self.folder, model=name, dim=dim, read_only=read_only, memory_limit_mb=limit)
 

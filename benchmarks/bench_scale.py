@@ -209,6 +209,19 @@ def in_process(db: Path, queries: int, seed: int) -> dict:
             "mih_s": round(mih_s, 2), "brute_s": round(brute_s, 2)}
 
 
+def forget_earlier_runs(db: Path) -> None:
+    """A reused index: drop the vector index (the first query rebuilds it again) and the
+    photos an earlier run indexed late (so they are decoded again, not reused)."""
+    from alice_gpu.store import Store
+
+    for name in ("vectors.faiss", "vectors.json"):
+        (db / name).unlink(missing_ok=True)
+    with Store(db, model="efficientnet_lite0", dim=1280) as store:
+        late = [p for (p,) in store.con.execute(
+            "SELECT path FROM assets WHERE path LIKE '%bench-scale-%/new/%'").fetchall()]
+        store.remove_paths(late)
+
+
 def folder_bytes(db: Path) -> int:
     return sum(p.stat().st_size for p in db.iterdir() if p.is_file()
                and p.suffix not in (".npz", ".bak") and p.name != "bench.json")
@@ -242,6 +255,7 @@ def main() -> None:
     if reuse:
         stored = json.loads((db / "bench.json").read_text())
         out.update({k: v for k, v in stored.items() if k not in ("base", "reused", "date")})
+        forget_earlier_runs(db)
     else:
         base.mkdir()
         for p in photos[args.new:]:

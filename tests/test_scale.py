@@ -174,3 +174,28 @@ def test_cli_exit_code_5_when_the_query_budget_is_too_small(tmp_path, small_flat
                              "--config", cfg, "--json")
     assert code == 5 and out == ""
     assert err.count("\n") == 1 and "query.memory_mb" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("probes", [1, 3, 128])
+def test_ivf_join_is_exact_up_to_sq8_within_the_probed_lists(tmp_path, small_flat_max, probes):
+    """Probing every list finds every pair; fewer probes only ever lose pairs, never
+    invent one, and each pair comes once with the score of its two vectors."""
+    from alice_gpu.search.ivfjoin import ivf_pairs
+
+    vecs = _fill(tmp_path / "idx", 5000)
+    with Store(tmp_path / "idx", model="test", dim=DIM, read_only=True) as store:
+        vi = V.VectorIndex(store)
+        index = vi.load()
+        assert vi.kind == "ivf" and vi.meta["nlist"] == 128          # every list: probes=128
+        a, b, score = ivf_pairs(index, 0.9, probes)
+    sim = vecs @ vecs.T
+    i, j = np.nonzero(np.triu(sim >= 0.91, k=1))
+    sure = set(zip((i + 1).tolist(), (j + 1).tolist()))
+    found = set(zip(a.tolist(), b.tolist()))
+    assert len(found) == len(a) and np.all(a < b)
+    assert np.all(sim[a - 1, b - 1] >= 0.89)
+    assert np.allclose(sim[a - 1, b - 1], score, atol=0.01)
+    if probes == 128:
+        assert sure <= found
+    else:
+        assert len(sure & found) >= (0.6 if probes == 1 else 0.9) * len(sure)

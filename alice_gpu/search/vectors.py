@@ -31,11 +31,37 @@ SIDECAR_FILE = "vectors.json"
 FLAT_MAX = 20_000          # exact below this many vectors (the crossover: RESULTS.md)
 TRAIN_PER_LIST = 32        # training vectors per IVF list (FAISS warns below 39; measured fine)
 PROBE_FRACTION = 8         # similar probes nlist / 8 lists: recall@10 >= 0.95 (RESULTS.md)
-GRAPH_PROBES = 2           # duplicates: lists probed per vector for the k-NN graph (RESULTS.md)
+GRAPH_PROBES = 4           # duplicates: lists each vector is joined with (RESULTS.md)
 SQ_MARGIN = 0.2            # SQ8 ranges: the sample's min..max, widened by 20% each side
 RETRAIN_GROWTH = 4         # retrain once the index holds 4x what it was trained on
-CHUNK = 16384              # vectors per streamed slice (80 MiB at 1280-d)
+CHUNK = 4096               # vectors per streamed slice (20 MiB at 1280-d, and FAISS's
+                           # assignment of a slice to 2048 lists: 32 MiB more)
 BASE_MB = 200              # a query process besides the index: ~150 MB measured (RESULTS.md)
+
+
+def _libc():
+    import ctypes
+
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:                      # not glibc: its allocator tuning does not apply
+        return None
+
+
+def _release_freed_memory() -> None:
+    """Give freed heap back to the system (glibc keeps it otherwise; peak RSS is budgeted)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
+def _lists_in_their_own_pages() -> None:
+    """Allocate blocks of 128 KiB and more with mmap, so a FAISS list that grows (and
+    drops its old copy) gives the old pages back; in the heap the freed copies stayed
+    resident: +600 MB at 1M vectors (measured, RESULTS.md)."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(-3, 128 * 1024)     # M_MMAP_THRESHOLD
 
 
 def ivf_lists(n: int) -> int:
@@ -136,6 +162,8 @@ class VectorIndex:
             log.info("training an IVF%d,SQ8 index on %d of %d vectors", nlist, len(sample), n)
             index.train(np.ascontiguousarray(sample))
             del sample
+            _release_freed_memory()           # training's buffers, before the index grows
+            _lists_in_their_own_pages()
             meta = {"kind": "ivf", "nlist": nlist, "trained_on": n}
         log.info("rebuilding the vector index from the store (%s): %d vectors, %s",
                  reason, n, meta["kind"])
@@ -223,7 +251,9 @@ class VectorIndex:
 
     def _probe(self, index: object, probes: int) -> None:
         if self.kind == "ivf":
-            _faiss().extract_index_ivf(index).nprobe = max(1, min(probes, self.meta["nlist"]))
+            ivf = _faiss().extract_index_ivf(index)
+            ivf.nprobe = max(1, min(probes, self.meta["nlist"]))
+            ivf.parallel_mode = 1     # one query: its lists split across the cores (2x here)
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by cosine: (scores, ids) for one (dim,) query, best first."""
@@ -236,34 +266,25 @@ class VectorIndex:
         keep = ids[0] >= 0
         return scores[0][keep], ids[0][keep]
 
-    def range_pairs(self, threshold: float, k: int = 16
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def range_pairs(self, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Pairs (a < b) with cosine >= threshold: (id_a, id_b, score).
 
-        Exact (a range search) on a flat index; on an IVF index, the k-nearest-
-        neighbour graph (``k`` per vector, ``GRAPH_PROBES`` lists) cut at the
-        threshold: never an n x n matrix. Vectors stream from the store in slices.
+        Exact (a range search, vectors streamed from the store) on a flat index; on
+        an IVF index, each vector against the members of its ``GRAPH_PROBES`` nearest
+        lists (:mod:`.ivfjoin`): never an n x n matrix.
         """
         index = self.load()
-        self._probe(index, GRAPH_PROBES)
+        if self.kind == "ivf":
+            from .ivfjoin import ivf_pairs
+
+            return ivf_pairs(index, float(threshold), GRAPH_PROBES)
         parts = []
         for ids, mat in self._slices():
-            mat = np.ascontiguousarray(mat)
-            if self.kind == "flat":
-                lims, dist, labels = index.range_search(mat, float(threshold))
-                rows = np.repeat(ids, np.diff(lims).astype(np.int64))
-            else:
-                dist, labels = index.search(mat, min(k + 1, max(1, index.ntotal)))
-                rows = np.repeat(ids, labels.shape[1])
-                dist, labels = dist.reshape(-1), labels.reshape(-1)
-                sel = dist >= threshold
-                rows, dist, labels = rows[sel], dist[sel], labels[sel]
-            keep = (labels >= 0) & (rows != labels)
-            a = np.minimum(rows[keep], labels[keep])
-            b = np.maximum(rows[keep], labels[keep])
-            parts.append((a, b, dist[keep]))
+            lims, dist, labels = index.range_search(np.ascontiguousarray(mat), float(threshold))
+            rows = np.repeat(ids, np.diff(lims).astype(np.int64))
+            keep = (labels >= 0) & (rows < labels)
+            parts.append((rows[keep], labels[keep], dist[keep]))
         if not parts:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         a, b, d = (np.concatenate(x) for x in zip(*parts))
-        pair, first = np.unique(np.stack([a, b], axis=1), axis=0, return_index=True)
-        return pair[:, 0].astype(np.int64), pair[:, 1].astype(np.int64), d[first]
+        return a.astype(np.int64), b.astype(np.int64), d

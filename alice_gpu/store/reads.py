@@ -134,30 +134,41 @@ class Reads:
     def embedding_count(self) -> int:
         return int(self.con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0])
 
-    def iter_embeddings(self, rows: int = 16384, where: str = "", params: list | None = None
+    def iter_embeddings(self, rows: int = 16384, ids: np.ndarray | None = None
                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids int64, vectors (n, dim) float32) in slices of ``rows``, in storage order.
+        """(ids int64, vectors (n, dim) float32) in slices of ``rows``, in storage order;
+        only the vectors of ``ids`` when given.
 
         Streams: memory is one slice, whatever the size of the index. The reader is
         its own cursor, so the caller may query the store between slices.
         """
         cur = self.con.cursor()
         try:
+            sql = "SELECT asset_id, scale, vector FROM embeddings"
+            if ids is not None:
+                import pyarrow as pa
+
+                cur.register("_want", pa.table({"id": pa.array(np.asarray(ids, np.int64))}))
+                sql += " WHERE asset_id IN (SELECT id FROM _want)"
             # no ORDER BY: sorting would materialise the table inside DuckDB's memory limit
-            reader = cur.sql(f"SELECT asset_id, scale, vector FROM embeddings {where}",
-                             params=params or None).to_arrow_reader(rows)
-            for batch in reader:
-                ids = batch.column(0).to_numpy().astype(np.int64)
-                yield ids, codec.from_arrow(batch.column(2), batch.column(1), self.dim)
+            for batch in cur.sql(sql).to_arrow_reader(rows):
+                out = batch.column(0).to_numpy().astype(np.int64)
+                yield out, codec.from_arrow(batch.column(2), batch.column(1), self.dim)
         finally:
             cur.close()
 
     def sample_embeddings(self, n: int, seed: int = 0) -> np.ndarray:
-        """About ``n`` stored vectors drawn at random (reservoir), (m, dim) float32."""
-        tbl = self.con.sql(f"SELECT scale, vector FROM embeddings "
-                           f"USING SAMPLE reservoir({int(n)} ROWS) REPEATABLE ({int(seed)})"
-                           ).to_arrow_table()
-        return codec.from_arrow(tbl.column("vector"), tbl.column("scale"), self.dim)
+        """``n`` stored vectors drawn at random without replacement, (n, dim) float32.
+
+        The ids are drawn here and the vectors streamed: a reservoir sample inside
+        DuckDB would have to fit its memory limit.
+        """
+        all_ids = np.asarray(self.con.execute("SELECT asset_id FROM embeddings").fetchnumpy()
+                             ["asset_id"], np.int64)
+        pick = np.random.default_rng(seed).choice(all_ids, min(n, len(all_ids)), replace=False)
+        del all_ids
+        parts = [mat for _, mat in self.iter_embeddings(ids=pick)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """Every stored vector at once: for tests and small stores only (queries stream)."""
