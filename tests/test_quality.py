@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import pytest
@@ -41,6 +42,23 @@ def _ns_score(idx, near_dups, by: str) -> float:
 
 def test_ns_score_by_embedding(mixed_index, near_dups):
     assert _ns_score(mixed_index, near_dups, "embedding") >= 3.8
+
+
+def test_ns_score_by_embedding_holds_on_the_ivf_index(mixed_index, near_dups, monkeypatch):
+    """The same bar when the 545 real vectors sit in the ANN index used above 20,000."""
+    from alice_gpu.search import vectors
+
+    folder = mixed_index.folder
+    monkeypatch.setattr(vectors, "FLAT_MAX", 100)
+    (folder / vectors.INDEX_FILE).unlink()
+    try:
+        ivf = alice_gpu.open_index(folder)
+        score = _ns_score(ivf, near_dups, "embedding")
+        assert json.loads((folder / vectors.SIDECAR_FILE).read_text())["kind"] == "ivf"
+    finally:
+        (folder / vectors.INDEX_FILE).unlink()      # the other tests get the flat one back
+    print(f"embedding N-S score on IVF-SQ8: {score:.2f}")
+    assert score >= 3.8
 
 
 def test_ns_score_by_phash(mixed_index, near_dups):
