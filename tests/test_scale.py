@@ -139,12 +139,22 @@ def test_blocked_brute_force_equals_the_exact_range_search(tmp_path):
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_duplicates_equal_the_cpu_ones(tmp_path):
-    _fill(tmp_path / "idx", 3000)
-    idx = open_index(tmp_path / "idx", config=load_config(None))
-    for by in ("embedding", "phash"):
-        cpu = idx.duplicates(by=by, device="cpu").to_dict()
-        gpu = idx.duplicates(by=by, device="cuda").to_dict()
-        assert cpu == gpu, by
+    from alice_gpu.gpu.blocked import cosine_pairs
+
+    vecs = _fill(tmp_path / "idx", 3000)
+    cfg = tmp_path / "test-model.yaml"
+    cfg.write_text("features:\n  model: test\n")
+    idx = open_index(tmp_path / "idx", config=load_config(cfg))
+    cpu = idx.duplicates(by="phash", device="cpu").to_dict()
+    assert cpu == idx.duplicates(by="phash", device="cuda").to_dict()
+    with Store(tmp_path / "idx", model="test", dim=DIM, read_only=True) as store:
+        a, b, s = V.VectorIndex(store).range_pairs(0.9)           # CPU, exact
+        a2, b2, s2 = cosine_pairs(store.iter_embeddings(700), 0.9, torch.device("cuda"),
+                                  block=1024)
+    near = {p for p, sc in zip(zip(a.tolist(), b.tolist()), s) if abs(sc - 0.9) < 1e-5}
+    near |= {p for p, sc in zip(zip(a2.tolist(), b2.tolist()), s2) if abs(sc - 0.9) < 1e-5}
+    assert set(zip(a.tolist(), b.tolist())) - near == set(zip(a2.tolist(), b2.tolist())) - near
+    assert len(a) >= 100 and vecs.shape == (3000, DIM)
 
 
 def test_a_rebuild_over_the_query_budget_is_a_one_line_error(tmp_path, small_flat_max):
