@@ -55,7 +55,11 @@ def test_similar_duplicates_and_stats_documents(index):
     code, out, _ = run_cli("duplicates", "--db", db, "--json")
     doc = json.loads(out)
     assert code == 0 and set(doc) == DUPLICATES_KEYS and doc["threshold"] == 10
-    assert set(doc["groups"][0]) == {"files"} and set(doc["groups"][0]["files"][0]) == MEMBER_KEYS
+    group = doc["groups"][0]                # "files" as before; the rest extends it
+    assert set(group) == {"files", "keeper", "keeper_reason", "weakest"}
+    assert set(group["files"][0]) == MEMBER_KEYS
+    assert set(group["weakest"]) == {"a", "b", "score", "distance"}
+    assert group["keeper"] in {f["path"] for f in group["files"]}
     code, out, _ = run_cli("stats", "--db", db, "--json")
     doc = json.loads(out)
     assert code == 0 and set(doc) == STATS_KEYS and set(doc["last_run"]) == LAST_RUN_KEYS

@@ -21,7 +21,7 @@ from ..errors import QueryError
 from ..gpu.kernels import cuda_hamming_pairs, cuda_hamming_topk, kernel_device
 from ..records import STATUS_OK
 from ..store import Store
-from .groups import connected_groups
+from .groups import linked_groups
 from .hamming import hamming_pairs, hamming_topk
 from .vectors import VectorIndex
 
@@ -60,8 +60,26 @@ class GroupMember:
 
 
 @dataclass(frozen=True)
+class WeakestPair:
+    """The two files of a group that are furthest apart, and how far."""
+
+    a: str
+    b: str
+    score: float
+    distance: int | None = None
+
+
+@dataclass(frozen=True)
 class DuplicateGroup:
     files: list[GroupMember]
+    keeper: str = ""
+    keeper_reason: str = ""
+    weakest: WeakestPair | None = None
+
+    def to_dict(self) -> dict:
+        return {"files": [asdict(m) for m in self.files], "keeper": self.keeper,
+                "keeper_reason": self.keeper_reason,
+                "weakest": None if self.weakest is None else asdict(self.weakest)}
 
 
 @dataclass(frozen=True)
@@ -72,7 +90,7 @@ class DuplicatesResult:
 
     def to_dict(self) -> dict:
         return {"by": self.by, "threshold": self.threshold,
-                "groups": [{"files": [asdict(m) for m in g.files]} for g in self.groups]}
+                "groups": [g.to_dict() for g in self.groups]}
 
 
 def check_by(by: str) -> None:
@@ -141,37 +159,79 @@ def similar(store: Store, vectors: VectorIndex, path: str, *, k: int, by: str, c
     return SimilarResult(query=normalize_path(path), by=by, results=matches, query_in_index=inside)
 
 
+def _pairs(store: Store, vectors: VectorIndex, by: str, thr: float, device: str
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair within the threshold, (id_a, id_b, closeness): higher is closer
+    (cosine for embeddings, minus the Hamming distance for hashes)."""
+    gpu = kernel_device(device)
+    if by == "embedding":
+        if gpu is None:
+            return vectors.range_pairs(thr)         # exact when flat, else the IVF join
+        import torch                                # exact: blocked brute force on the GPU
+
+        from ..gpu.blocked import cosine_pairs
+
+        return cosine_pairs(store.iter_embeddings(), thr, torch.device(f"cuda:{gpu}"),
+                            block=16384)
+    ids, hashes = store.hashes(by)
+    i, j, d = (hamming_pairs(hashes, int(thr)) if gpu is None
+               else cuda_hamming_pairs(hashes, int(thr), gpu))
+    return ids[i], ids[j], -d.astype(np.float64)
+
+
+def _keeper_key(row: dict) -> tuple:
+    """The default keeper policy, best first: most pixels, largest file, oldest, path."""
+    return (-(row["width"] or 0) * (row["height"] or 0), -row["size"], row["mtime_ns"],
+            row["path"])
+
+
+def _keeper_reason(keeper: dict, runner_up: dict) -> str:
+    kp, rp = _keeper_key(keeper), _keeper_key(runner_up)
+    if kp[0] != rp[0]:
+        return (f"most pixels ({keeper['width']}x{keeper['height']} against "
+                f"{runner_up['width']}x{runner_up['height']})")
+    if kp[1] != rp[1]:
+        return f"largest file ({keeper['size']} against {runner_up['size']} bytes)"
+    if kp[2] != rp[2]:
+        return "oldest (modified first)"
+    return "first by path (same pixels, size and time)"
+
+
 def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float | None,
                cfg: Config, device: str = "auto") -> DuplicatesResult:
-    """Connected components of the "within threshold" graph, largest group first."""
+    """Groups in which every two files are within the threshold, each around a keeper
+    (:func:`~.groups.linked_groups`); largest group first."""
     check_by(by)
     check_threshold(by, threshold)
-    if by == "embedding":
-        thr: float = float(cfg.query.embedding_threshold if threshold is None else threshold)
-        gpu = kernel_device(device)
-        if gpu is None:
-            a, b, _ = vectors.range_pairs(thr)      # exact when flat, else the k-NN graph
-        else:                                       # exact: blocked brute force on the GPU
-            import torch
+    thr: float = (float(cfg.query.embedding_threshold if threshold is None else threshold)
+                  if by == "embedding" else
+                  int(cfg.query.hash_threshold if threshold is None else threshold))
+    a, b, close = _pairs(store, vectors, by, thr, device)
+    rows: dict[int, dict] = {}
 
-            from ..gpu.blocked import cosine_pairs
+    def rank_of(nodes: np.ndarray) -> np.ndarray:
+        rows.update(store.assets_by_ids(nodes))
+        order = sorted(range(len(nodes)), key=lambda k: _keeper_key(rows[int(nodes[k])]))
+        rank = np.empty(len(nodes), np.int64)
+        rank[order] = np.arange(len(nodes))
+        return rank
 
-            a, b, _ = cosine_pairs(store.iter_embeddings(), thr, torch.device(f"cuda:{gpu}"),
-                                   block=16384)
-    else:
-        thr = int(cfg.query.hash_threshold if threshold is None else threshold)
-        ids, hashes = store.hashes(by)
-        gpu = kernel_device(device)
-        i, j, _ = (hamming_pairs(hashes, thr) if gpu is None
-                   else cuda_hamming_pairs(hashes, thr, gpu))
-        a, b = ids[i], ids[j]
-    groups = connected_groups(a, b)
-    rows = store.assets_by_ids(np.concatenate(groups) if groups else [])
-    out = []
-    for members in groups:
-        files = sorted((GroupMember(rows[i]["path"], i, rows[i]["width"], rows[i]["height"],
-                                    rows[i]["size"]) for i in members.tolist()),
-                       key=lambda m: m.path)
-        out.append(DuplicateGroup(files))
+    out = [_group(rows, members.tolist(), pairs, by)
+           for members, pairs in linked_groups(a, b, close, rank_of)]
     out.sort(key=lambda g: (-len(g.files), g.files[0].path))
     return DuplicatesResult(by=by, threshold=thr, groups=out)
+
+
+def _group(rows: dict[int, dict], members: list[int], pairs: list[tuple[int, int, float]],
+           by: str) -> DuplicateGroup:
+    files = sorted((GroupMember(rows[i]["path"], i, rows[i]["width"], rows[i]["height"],
+                                rows[i]["size"]) for i in members), key=lambda m: m.path)
+    keeper, runner_up = rows[members[0]], min((rows[i] for i in members[1:]), key=_keeper_key)
+    x, y, close = min(pairs, key=lambda p: (p[2], rows[p[0]]["path"], rows[p[1]]["path"]))
+    x, y = sorted((x, y), key=lambda i: rows[i]["path"])
+    if by == "embedding":
+        weakest = WeakestPair(rows[x]["path"], rows[y]["path"], round(float(close), 6))
+    else:
+        weakest = WeakestPair(rows[x]["path"], rows[y]["path"],
+                              round(1.0 + float(close) / 64.0, 6), int(-close))
+    return DuplicateGroup(files, keeper["path"], _keeper_reason(keeper, runner_up), weakest)
