@@ -22,6 +22,7 @@ from .store import DB_FILE, MANIFEST_FILE, Store
 
 if TYPE_CHECKING:
     from .pipeline import IndexSummary, ProgressFn
+    from .search.evaluate import Evaluation
     from .search.queries import DuplicatesResult, SimilarResult
 
 # the pipeline, the queries and anything with torch are imported where they are
@@ -181,6 +182,33 @@ class AliceIndex:
                                 device=cfg.device)
         self.cache.put(key, result)
         return result
+
+    def evaluate(self, ground_truth: str | os.PathLike[str], *, by: str = "phash",
+                 threshold: float | None = None, similar_by: str = "embedding",
+                 device: str | None = None, index: bool = True,
+                 progress: ProgressFn | None = None) -> "Evaluation":
+        """Score ``duplicates`` (pairwise precision, recall, F1) and ``similar`` (N-S,
+        mAP) against a ``file,group[,transform]`` CSV; its files are indexed first
+        (only new or changed ones are decoded) unless ``index`` is false."""
+        from .errors import QueryError
+        from .search.evaluate import MAP_DEPTH, evaluate, read_truth
+
+        truth = read_truth(ground_truth)
+        if index:
+            self.index(truth.files, device=device, progress=progress,
+                       embed=True if "embedding" in (by, similar_by) else None)
+        dup = self.duplicates(by=by, threshold=threshold, device=device)
+
+        def ranked(query: str) -> list[str]:
+            try:
+                res = self.similar(query, k=MAP_DEPTH, by=similar_by, device=device)
+            except QueryError:          # e.g. a file that failed to index: nothing found
+                return []
+            return [m.path for m in res.results]
+
+        return evaluate(truth, ([f.path for f in g.files] for g in dup.groups), ranked,
+                        {"by": by, "threshold": dup.threshold},
+                        {"by": similar_by, "depth": MAP_DEPTH})
 
     def stats(self) -> dict[str, Any]:
         with self._open(read_only=True) as store:

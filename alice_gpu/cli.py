@@ -339,6 +339,50 @@ def duplicates(
 
 
 @app.command()
+def evaluate(
+    ground_truth: Path = typer.Argument(..., metavar="GROUND_TRUTH.csv",
+                                        help="CSV with columns file,group (and transform)."),
+    by: str = typer.Option("phash", "--by", **_choice("--by", HASH_NAMES + ("embedding",)),
+                           help="What duplicates are found by."),
+    threshold: Optional[float] = typer.Option(None, "--threshold",
+                                              help="The duplicates threshold (see duplicates)."),
+    similar_by: str = typer.Option("embedding", "--similar-by",
+                                   **_choice("--similar-by", QUERY_KINDS),
+                                   help="What similar ranks by."),
+    no_index: bool = typer.Option(False, "--no-index",
+                                  help="Do not index the CSV's files first."),
+    device: Optional[str] = DEVICE,
+    db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
+) -> int:
+    """Score duplicates and similar against a ground truth, overall and per transform."""
+    problem = None if threshold is None else threshold_problem(by, threshold)
+    if problem:
+        raise typer.BadParameter(problem, param_hint="'--threshold'")
+    api = _run(_open, db, config)
+    result = _run(api.evaluate, ground_truth, by=by, threshold=threshold,
+                  similar_by=similar_by, device=device, index=not no_index)
+    if json_out:
+        _emit_json(result.to_dict())
+        return EXIT_OK
+    from rich.table import Table
+
+    dup, sim = result.duplicates, result.similar
+    table = Table(title=f"{result.files} files in {result.groups} groups: duplicates by "
+                        f"{dup['by']} (threshold {dup['threshold']}), similar by {sim['by']}")
+    for col in ("transform", "pairs", "precision", "recall", "F1", "queries", "N-S", "mAP"):
+        table.add_column(col, justify="left" if col == "transform" else "right")
+    rows = [("all", {"duplicates": dup, "similar": sim})] + list(result.per_transform.items())
+    for name, fig in rows:
+        d, q = fig["duplicates"], fig["similar"]
+        table.add_row(name, str(d["true_pairs"]), f"{d['precision']:.3f}", f"{d['recall']:.3f}",
+                      f"{d['f1']:.3f}", str(q["queries"]),
+                      "-" if q["ns_score"] is None else f"{q['ns_score']:.2f}",
+                      "-" if q["map"] is None else f"{q['map']:.3f}")
+    _console().print(table)
+    return EXIT_OK
+
+
+@app.command()
 def stats(db: Optional[Path] = DB, json_out: bool = JSON,
           config: Optional[Path] = CONFIG) -> int:
     """What the index holds: files indexed, failed, embedded, formats, last run."""
