@@ -166,20 +166,20 @@ class AliceIndex:
         return result
 
     def duplicates(self, *, by: str = "phash", threshold: float | None = None,
-                   device: str | None = None) -> "DuplicatesResult":
+                   device: str | None = None, keep: str | None = None) -> "DuplicatesResult":
         """Groups of near-duplicates (connected components within ``threshold``)."""
         from .search.queries import duplicates
         from .search.vectors import VectorIndex
 
         cfg = self.config.with_overrides(device=device)
-        key = self._cache_key("duplicates", by, threshold, cfg.device)
+        key = self._cache_key("duplicates", by, threshold, cfg.device, keep)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
         with self._open(read_only=True) as store, _query_memory(cfg):
             vectors = VectorIndex(store, mmap=True, memory_mb=cfg.query.memory_mb)
             result = duplicates(store, vectors, by=by, threshold=threshold, cfg=cfg,
-                                device=cfg.device)
+                                device=cfg.device, keep=keep)
         self.cache.put(key, result)
         return result
 

@@ -312,15 +312,23 @@ def duplicates(
     threshold: Optional[float] = typer.Option(
         None, "--threshold", help="Largest Hamming distance in bits (0..64, default 10) for "
         "hashes; smallest cosine (-1..1, default 0.85) for embeddings."),
+    keep: Optional[str] = typer.Option(
+        None, "--keep", metavar="RULES", help="Which file of a group to keep: rules in order, "
+        "e.g. pixels,format:png>heif>jpeg,size,oldest,path:~/Originals (default "
+        "pixels,size,oldest)."),
     device: Optional[str] = DEVICE,
     db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
 ) -> int:
-    """Groups of near-duplicates, largest first."""
+    """Groups of near-duplicates, largest first, each with the file to keep."""
     problem = None if threshold is None else threshold_problem(by, threshold)
     if problem:
         raise typer.BadParameter(problem, param_hint="'--threshold'")
+    if keep is not None:
+        from .search.keep import parse_keep
+
+        _run(parse_keep, keep)              # a bad rule: exit 2 before the index is opened
     api = _run(_open, db, config)
-    result = _run(api.duplicates, by=by, threshold=threshold, device=device)
+    result = _run(api.duplicates, by=by, threshold=threshold, device=device, keep=keep)
     if json_out:
         _emit_json(result.to_dict())
         return EXIT_OK
@@ -328,8 +336,9 @@ def duplicates(
     if not result.groups:
         lines.append(f"no near-duplicates (by {by}, threshold {result.threshold})")
     for n, group in enumerate(result.groups, 1):
-        lines.append(f"group {n} ({len(group.files)} files)")
-        lines += [f"  {show_path(f.path)}" for f in group.files]
+        lines.append(f"group {n} ({len(group.files)} files; keep: {group.keeper_reason})")
+        lines += [f"  {'keep' if f.path == group.keeper else '    '} {show_path(f.path)}"
+                  for f in group.files]
     if result.groups:
         files = sum(len(g.files) for g in result.groups)
         lines.append(f"{len(result.groups)} groups, {files} files (by {by}, threshold "

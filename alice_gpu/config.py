@@ -113,10 +113,14 @@ class QueryConfig:
     embedding_threshold: float = 0.85
     # similar / duplicates / a vector-index rebuild stay within this (not the decode budget)
     memory_mb: int = 2048
+    # which file of a duplicate group is kept: rules in order, the first that differs decides
+    keep: str = "pixels,size,oldest"
 
     def validate(self) -> None:
         _check(self.k >= 1, "query.k must be >= 1")
         _check(self.memory_mb >= 256, "query.memory_mb must be >= 256")
+        _check(isinstance(self.keep, str) and bool(self.keep.strip()),
+               "query.keep must be a comma-separated list of rules, e.g. pixels,size,oldest")
         _check(0 <= self.hash_threshold <= 64, "query.hash_threshold must be in 0..64")
         _check(-1.0 <= self.embedding_threshold <= 1.0, "query.embedding_threshold must be in -1..1")
 

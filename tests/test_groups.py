@@ -65,3 +65,39 @@ def test_linked_groups_are_cliques_led_by_their_best_ranked_member():
             assert (x, y) in edges                                  # complete linkage
         assert len(pairs) == len(ids) * (len(ids) - 1) // 2
     assert linked_groups(np.zeros(0), np.zeros(0), np.zeros(0), lambda ids: ids) == []
+
+
+def _two_copies(tmp_path):
+    """One picture twice: a big old JPEG in /m/a and a small new PNG in /m/originals."""
+    store = Store(tmp_path / "idx", model="test", dim=4)
+    common = {"ahash": 0, "dhash": 0, "phash": 7, "whash": 0}
+    store.write_batch([
+        AssetRecord("/m/a/big.jpg", 5000, 100, "ok", width=400, height=300, format="JPEG", id=1,
+                    hashes=common),
+        AssetRecord("/m/originals/small.png", 9000, 200, "ok", width=200, height=150,
+                    format="PNG", id=2, hashes=common)])
+    return store
+
+
+@pytest.mark.parametrize("keep, keeper, reason", [
+    (None, "/m/a/big.jpg", "most pixels (400x300 against 200x150)"),
+    ("size", "/m/originals/small.png", "largest file (9000 against 5000 bytes)"),
+    ("newest,pixels", "/m/originals/small.png", "newest (modified last)"),
+    ("format:png>jpg", "/m/originals/small.png", "preferred format (PNG before JPEG)"),
+    ("format:jpeg>png,size", "/m/a/big.jpg", "preferred format (JPEG before PNG)"),
+    ("path:/m/originals,pixels", "/m/originals/small.png", "under /m/originals"),
+    ("oldest", "/m/a/big.jpg", "oldest (modified first)"),
+])
+def test_keep_rules_pick_the_keeper_and_say_why(tmp_path, keep, keeper, reason):
+    with _two_copies(tmp_path) as store:
+        res = duplicates(store, VectorIndex(store), by="phash", threshold=10,
+                         cfg=load_config(None), keep=keep)
+    (group,) = res.groups
+    assert (group.keeper, group.keeper_reason) == (keeper, reason)
+
+
+def test_an_unknown_keep_rule_is_a_usage_error(tmp_path):
+    from conftest import run_cli
+
+    code, out, err = run_cli("duplicates", "--keep", "pixels,biggest", "--db", tmp_path / "x")
+    assert code == 2 and "unknown --keep rule 'biggest'" in err and err.count("\n") == 1

@@ -22,6 +22,7 @@ from ..gpu.kernels import cuda_hamming_pairs, cuda_hamming_topk, kernel_device
 from ..records import STATUS_OK
 from ..store import Store
 from .groups import linked_groups
+from .keep import keeper_key, keeper_reason, parse_keep
 from .hamming import hamming_pairs, hamming_topk
 from .vectors import VectorIndex
 
@@ -179,30 +180,14 @@ def _pairs(store: Store, vectors: VectorIndex, by: str, thr: float, device: str
     return ids[i], ids[j], -d.astype(np.float64)
 
 
-def _keeper_key(row: dict) -> tuple:
-    """The default keeper policy, best first: most pixels, largest file, oldest, path."""
-    return (-(row["width"] or 0) * (row["height"] or 0), -row["size"], row["mtime_ns"],
-            row["path"])
-
-
-def _keeper_reason(keeper: dict, runner_up: dict) -> str:
-    kp, rp = _keeper_key(keeper), _keeper_key(runner_up)
-    if kp[0] != rp[0]:
-        return (f"most pixels ({keeper['width']}x{keeper['height']} against "
-                f"{runner_up['width']}x{runner_up['height']})")
-    if kp[1] != rp[1]:
-        return f"largest file ({keeper['size']} against {runner_up['size']} bytes)"
-    if kp[2] != rp[2]:
-        return "oldest (modified first)"
-    return "first by path (same pixels, size and time)"
-
-
 def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float | None,
-               cfg: Config, device: str = "auto") -> DuplicatesResult:
+               cfg: Config, device: str = "auto", keep: str | None = None) -> DuplicatesResult:
     """Groups in which every two files are within the threshold, each around a keeper
     (:func:`~.groups.linked_groups`); largest group first."""
     check_by(by)
     check_threshold(by, threshold)
+    rules = parse_keep(keep or cfg.query.keep)
+    order_key = keeper_key(rules)
     thr: float = (float(cfg.query.embedding_threshold if threshold is None else threshold)
                   if by == "embedding" else
                   int(cfg.query.hash_threshold if threshold is None else threshold))
@@ -211,22 +196,23 @@ def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float 
 
     def rank_of(nodes: np.ndarray) -> np.ndarray:
         rows.update(store.assets_by_ids(nodes))
-        order = sorted(range(len(nodes)), key=lambda k: _keeper_key(rows[int(nodes[k])]))
+        order = sorted(range(len(nodes)), key=lambda k: order_key(rows[int(nodes[k])]))
         rank = np.empty(len(nodes), np.int64)
         rank[order] = np.arange(len(nodes))
         return rank
 
-    out = [_group(rows, members.tolist(), pairs, by)
+    out = [_group(rows, members.tolist(), pairs, by, rules)
            for members, pairs in linked_groups(a, b, close, rank_of)]
     out.sort(key=lambda g: (-len(g.files), g.files[0].path))
     return DuplicatesResult(by=by, threshold=thr, groups=out)
 
 
 def _group(rows: dict[int, dict], members: list[int], pairs: list[tuple[int, int, float]],
-           by: str) -> DuplicateGroup:
+           by: str, rules: list) -> DuplicateGroup:
     files = sorted((GroupMember(rows[i]["path"], i, rows[i]["width"], rows[i]["height"],
                                 rows[i]["size"]) for i in members), key=lambda m: m.path)
-    keeper, runner_up = rows[members[0]], min((rows[i] for i in members[1:]), key=_keeper_key)
+    keeper = rows[members[0]]
+    runner_up = min((rows[i] for i in members[1:]), key=keeper_key(rules))
     x, y, close = min(pairs, key=lambda p: (p[2], rows[p[0]]["path"], rows[p[1]]["path"]))
     x, y = sorted((x, y), key=lambda i: rows[i]["path"])
     if by == "embedding":
@@ -234,4 +220,4 @@ def _group(rows: dict[int, dict], members: list[int], pairs: list[tuple[int, int
     else:
         weakest = WeakestPair(rows[x]["path"], rows[y]["path"],
                               round(1.0 + float(close) / 64.0, 6), int(-close))
-    return DuplicateGroup(files, keeper["path"], _keeper_reason(keeper, runner_up), weakest)
+    return DuplicateGroup(files, keeper["path"], keeper_reason(rules, keeper, runner_up), weakest)
