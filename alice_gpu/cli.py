@@ -132,6 +132,27 @@ def _run(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise _fail(str(exc), EXIT_USAGE) from None
 
 
+def _emit_csv(result: Any) -> None:
+    """Duplicates as CSV rows on stdout; a non-UTF-8 file name keeps its original bytes."""
+    import csv
+    import io
+
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["group", "keep", "path", "id", "width", "height", "size"])
+    for n, group in enumerate(result.groups, 1):
+        for f in group.files:
+            writer.writerow([n, int(f.path == group.keeper), f.path, f.id, f.width, f.height,
+                             f.size])
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:                       # a text-only stream (tests, notebooks)
+        sys.stdout.write(text.getvalue())
+        return
+    sys.stdout.flush()
+    buffer.write(text.getvalue().encode("utf-8", "surrogateescape"))
+    buffer.flush()
+
+
 def _emit_json(doc: Any, stream=None) -> None:
     """One JSON document on one line. A non-UTF-8 file name keeps its bytes as \\udcXX
     escapes (Python's surrogateescape), so scripts get it back losslessly."""
@@ -317,12 +338,17 @@ def duplicates(
         "e.g. pixels,format:png>heif>jpeg,size,oldest,path:~/Originals (default "
         "pixels,size,oldest)."),
     device: Optional[str] = DEVICE,
-    db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
+    db: Optional[Path] = DB, json_out: bool = JSON,
+    csv_out: bool = typer.Option(False, "--csv", help="Print one CSV row per file (with a "
+                                 "header): group, keep, path, id, width, height, size."),
+    config: Optional[Path] = CONFIG,
 ) -> int:
     """Groups of near-duplicates, largest first, each with the file to keep."""
     problem = None if threshold is None else threshold_problem(by, threshold)
     if problem:
         raise typer.BadParameter(problem, param_hint="'--threshold'")
+    if json_out and csv_out:
+        raise typer.BadParameter("choose one of --json and --csv", param_hint="'--csv'")
     if keep is not None:
         from .search.keep import parse_keep
 
@@ -331,6 +357,9 @@ def duplicates(
     result = _run(api.duplicates, by=by, threshold=threshold, device=device, keep=keep)
     if json_out:
         _emit_json(result.to_dict())
+        return EXIT_OK
+    if csv_out:
+        _emit_csv(result)
         return EXIT_OK
     lines = []
     if not result.groups:

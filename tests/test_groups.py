@@ -101,3 +101,27 @@ def test_an_unknown_keep_rule_is_a_usage_error(tmp_path):
 
     code, out, err = run_cli("duplicates", "--keep", "pixels,biggest", "--db", tmp_path / "x")
     assert code == 2 and "unknown --keep rule 'biggest'" in err and err.count("\n") == 1
+
+
+def test_csv_output_has_the_json_groups_and_survives_awkward_names(tmp_path):
+    import csv
+    import io
+    import json
+
+    from conftest import run_cli
+
+    common = {"ahash": 0, "dhash": 0, "phash": 7, "whash": 0}
+    names = ['/m/a, "quoted".jpg', "/m/b\nnewline.jpg", "/m/c.jpg"]
+    with Store(tmp_path / "idx", model="efficientnet_lite0", dim=1280) as store:
+        store.write_batch([AssetRecord(p, 100 + k, k, "ok", width=10 + k, height=10,
+                                       format="JPEG", id=k + 1, hashes=common)
+                           for k, p in enumerate(names)])
+    code, out, err = run_cli("duplicates", "--db", tmp_path / "idx", "--csv")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out, newline="")))
+    code, doc, _ = run_cli("duplicates", "--db", tmp_path / "idx", "--json")
+    group = json.loads(doc)["groups"][0]
+    assert [r["path"] for r in rows] == [f["path"] for f in group["files"]]
+    assert [r["path"] for r in rows if r["keep"] == "1"] == [group["keeper"]] == ["/m/c.jpg"]
+    code, _, err = run_cli("duplicates", "--db", tmp_path / "idx", "--csv", "--json")
+    assert code == 2 and "--json" in err
