@@ -98,12 +98,17 @@ def test_ranges_that_are_fine_pass_the_parser(index):
         assert code == 0, (args, err)
 
 
-def test_help_and_completion_follow_the_conventions():
+def test_help_and_completion_follow_the_conventions(monkeypatch):
+    import typer.completion
+
+    # --show-completion detects the user's shell from the parent processes; a test run
+    # detached from any shell (CI, nohup) has none, so the shell is given here
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: "bash")
     code, out, _ = run_cli("--help")
     assert code == 0 and all(c in out for c in ("index", "similar", "duplicates", "stats"))
     code, out, _ = run_cli("index", "-h")
     assert code == 0 and "--no-embed" in out and "--progress" in out
-    code, out, _ = run_cli("--show-completion", "bash")
+    code, out, _ = run_cli("--show-completion")
     assert code == 0 and "complete" in out
     code, _, _ = run_cli()
     assert code == 2                   # no command: the help, and a usage exit code
