@@ -43,7 +43,7 @@ CLI = [sys.executable, "-m", "alice_gpu"]
 
 
 def run(args: list[str]) -> dict:
-    """One CLI command as its own process: wall seconds, peak RSS (MiB), exit code, stdout."""
+    """One CLI command as its own process: wall seconds, exit code, stdout, stderr's tail."""
     t = time.perf_counter()
     proc = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = proc.communicate()
@@ -55,17 +55,13 @@ def run(args: list[str]) -> dict:
 def run_rss(args: list[str]) -> dict:
     """Like run(), with the command's own peak RSS (wait4's ru_maxrss, taken in a small
     wrapper process so that no earlier child counts)."""
-    code = ("import os, subprocess, sys, time, json\n"
+    code = ("import os, subprocess, sys, time\n"
             "t = time.perf_counter(); p = subprocess.Popen(sys.argv[1:])\n"
             "_, status, ru = os.wait4(p.pid, 0)\n"
             "sys.stderr.write('\\nRSS=%d WALL=%f CODE=%d\\n' % (ru.ru_maxrss, "
             "time.perf_counter() - t, os.waitstatus_to_exitcode(status)))")
-    res = run_wrapped([sys.executable, "-c", code, *CLI, *args])
-    return res
-
-
-def run_wrapped(cmd: list[str]) -> dict:
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code, *CLI, *args], capture_output=True,
+                          text=True)
     tail = proc.stderr.rsplit("RSS=", 1)
     rss, wall, code = tail[1].split()
     return {"wall_s": round(float(wall.split("=")[1]), 3),
@@ -167,16 +163,14 @@ def in_process(db: Path, queries: int, seed: int) -> dict:
         vi.load()
         total = store.embedding_count()
         pick = np.sort(rng.choice(total, queries, replace=False))
-        q_ids, q_vecs, exact = [], [], []
+        q_vecs = []
         # exact top-10 by streaming every vector once for all queries together
-        allq = None
         best_s = np.full((queries, 10), -np.inf, np.float32)
         best_i = np.zeros((queries, 10), np.int64)
         row = 0
         for ids, mat in store.iter_embeddings(16384):
             sel = pick[(pick >= row) & (pick < row + len(ids))] - row
-            for r in sel:
-                q_ids.append(ids[r]); q_vecs.append(mat[r])
+            q_vecs += [mat[r] for r in sel]
             row += len(ids)
         allq = np.stack(q_vecs)
         for ids, mat in store.iter_embeddings(16384):

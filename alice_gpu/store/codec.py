@@ -38,13 +38,13 @@ def decode(codes: np.ndarray, scale: np.ndarray) -> np.ndarray:
     return mat
 
 
-def to_arrow(mat: np.ndarray, dim: int) -> tuple["pa.Array", "pa.Array"]:
-    """The ``scale`` and ``vector`` columns for (n, dim) vectors, without per-row objects."""
+def to_arrow(codes: np.ndarray, scale: np.ndarray, dim: int) -> tuple["pa.Array", "pa.Array"]:
+    """The ``scale`` and ``vector`` columns of encoded vectors, without per-row objects."""
     import pyarrow as pa
 
-    codes, scale = encode(np.asarray(mat, dtype=np.float32).reshape(-1, dim))
-    return (pa.array(scale, pa.float32()),
-            pa.FixedSizeListArray.from_arrays(pa.array(codes.reshape(-1), pa.int8()), dim))
+    return (pa.array(np.asarray(scale, np.float32), pa.float32()),
+            pa.FixedSizeListArray.from_arrays(
+                pa.array(np.asarray(codes, np.int8).reshape(-1), pa.int8()), dim))
 
 
 def from_arrow(vector: "pa.ChunkedArray | pa.Array", scale: "pa.ChunkedArray | pa.Array",

@@ -128,7 +128,8 @@ class Writes:
                    if emb_rows else np.zeros((0, self.dim), np.float32))
         if emb_mat.shape[1] != self.dim:
             raise ValueError(f"embedding has {emb_mat.shape[1]} dims, index expects {self.dim}")
-        scale, vector = codec.to_arrow(emb_mat, self.dim)
+        codes, scales = codec.encode(emb_mat)
+        scale, vector = codec.to_arrow(codes, scales, self.dim)
         embs = pa.table({
             "asset_id": pa.array(emb_ids, pa.int64()),
             "model": pa.array([self.model] * len(emb_rows), pa.string()),
@@ -156,7 +157,7 @@ class Writes:
         # the vector index only cares when a vector was added or dropped
         touched = ids if (len(emb_rows) or had_vec) else np.zeros(0, np.int64)
         # the vector index gets the vectors as stored, so an update equals a rebuild
-        return WriteResult(len(records), [], emb_ids, codec.decode(*codec.encode(emb_mat)),
+        return WriteResult(len(records), [], emb_ids, codec.decode(codes, scales),
                            touched)
 
     def remove_paths(self, paths: Sequence[str]) -> np.ndarray:
