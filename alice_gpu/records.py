@@ -16,6 +16,24 @@ STATUS_FAILED = "failed"
 STATUS_SAME = "same-as-indexed"   # bytes identical to an indexed file: not decoded
 STATUS_RAW = "raw-jpeg"           # JPEG bytes handed to the GPU decoder (``--decode gpu``)
 
+# The 8 orientations of an image (the dihedral group), as what each does to the pixels
+# X: (transpose, then flip rows, then flip columns). A copy that is ``name`` of an
+# original is that orientation of it. Index 0 is the image itself.
+ORIENTATIONS: tuple[tuple[str, bool, bool, bool], ...] = (
+    ("", False, False, False),
+    ("mirrored", False, False, True),
+    ("flipped vertically", False, True, False),
+    ("rotated 180°", False, True, True),
+    ("mirrored, rotated 270°", True, False, False),
+    ("rotated 90°", True, False, True),
+    ("rotated 270°", True, True, False),
+    ("mirrored, rotated 90°", True, True, True),
+)
+# the orientation that undoes each one (rotations by 90° and 270° undo each other)
+ORIENT_INVERSE = (0, 1, 2, 3, 4, 6, 5, 7)
+# the stored pHashes of orientations 1..7 (``Decoded.hashes`` / ``AssetRecord.hashes`` keys)
+ORIENT_KEYS = tuple(f"phash_o{k}" for k in range(1, len(ORIENTATIONS)))
+
 
 @dataclass(frozen=True, slots=True)
 class FileEntry:

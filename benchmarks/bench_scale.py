@@ -93,7 +93,7 @@ def flip_bits(codes: np.ndarray, bits: np.ndarray, rng: np.random.Generator) -> 
 
 def add_synthetic(db: Path, n_total: int, seed: int) -> dict:
     """Append synthetic rows (ids after the real ones) with planted pairs; return truth."""
-    from alice_gpu.records import STATUS_OK, AssetRecord
+    from alice_gpu.records import ORIENT_KEYS, STATUS_OK, AssetRecord
     from alice_gpu.store import Store
 
     rng = np.random.default_rng(seed)
@@ -109,8 +109,9 @@ def add_synthetic(db: Path, n_total: int, seed: int) -> dict:
             m = min(chunk, n - s)
             ids = np.arange(start + s, start + s + m, dtype=np.int64)
             emb = synth_embeddings(real, m, rng, centers=max(1, m // 20))
+            # random codes: the other orientations' pHashes are as unrelated as real ones
             hashes = {h: rng.integers(0, 2**64 - 1, m, dtype=np.uint64, endpoint=True)
-                      for h in ("ahash", "dhash", "phash", "whash")}
+                      for h in ("ahash", "dhash", "phash", "whash", *ORIENT_KEYS)}
             k = min(planted * m // max(n, 1) + 1, m // 2)
             a, b = np.arange(k), np.arange(m - k, m)        # row b is a near copy of row a
             bits = rng.integers(1, 9, k)
@@ -284,6 +285,12 @@ def main() -> None:
     out["duplicates_embedding_cli"] = {
         "wall_s": dup["wall_s"], "rss_mib": dup["rss_mib"], "groups": len(doc["groups"]),
         "planted_recall": pair_recall(doc, truth, truth["cos"] >= 0.85)}
+    dup = run_rss(["duplicates", "--db", str(db), "--json"])          # the tiered default
+    assert dup["code"] == 0, dup["err"]
+    doc = json.loads(dup["out"])
+    out["duplicates_tiered_cli"] = {
+        "wall_s": dup["wall_s"], "rss_mib": dup["rss_mib"], "groups": len(doc["groups"]),
+        "planted_recall": pair_recall(doc, truth, (truth["phash_d"] <= 8) | (truth["cos"] >= 0.85))}
     t = time.perf_counter()
     r = run(["index", str(newdir), "--db", str(db), "--json", "--progress", "none"])
     assert r["code"] == 0, r["err"]

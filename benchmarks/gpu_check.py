@@ -199,12 +199,12 @@ def _device_stages(pixels: list[np.ndarray], device, out: dict) -> None:
 
 
 def _write_stage(n: int, tmp: Path, out: dict) -> None:
-    from alice_gpu.records import AssetRecord
+    from alice_gpu.records import ORIENT_KEYS, AssetRecord
     from alice_gpu.store import Store
 
     recs = [AssetRecord(path=f"/bench/{i}.jpg", size=i, mtime_ns=i, status="ok", width=1,
                         height=1, format="JPEG", hashes={"ahash": i, "dhash": i, "phash": i,
-                                                         "whash": i},
+                                                         "whash": i, **{k: i for k in ORIENT_KEYS}},
                         embedding=np.ones(1280, np.float32), id=i + 1) for i in range(n)]
     with Store(tmp / "db", model="efficientnet_lite0", dim=1280) as store:
         t = time.perf_counter()

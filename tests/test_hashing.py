@@ -302,3 +302,55 @@ def test_block_means_only_for_jpegs_in_range(tmp_path):
     assert np.array_equal(
         decode_file(entry, DecodePlan(128, "L", draft_size=256, block_means=True)).pixels,
         decode_file(entry, DecodePlan(128, "L", draft_size=256)).pixels)
+
+
+# the PIL operation that makes each named orientation of a picture
+_PIL_ORIENT = {"mirrored": [Image.Transpose.FLIP_LEFT_RIGHT],
+               "flipped vertically": [Image.Transpose.FLIP_TOP_BOTTOM],
+               "rotated 90°": [Image.Transpose.ROTATE_270],      # PIL turns anticlockwise
+               "rotated 180°": [Image.Transpose.ROTATE_180],
+               "rotated 270°": [Image.Transpose.ROTATE_90],
+               "mirrored, rotated 90°": [Image.Transpose.FLIP_LEFT_RIGHT,
+                                         Image.Transpose.ROTATE_270],
+               "mirrored, rotated 270°": [Image.Transpose.FLIP_LEFT_RIGHT,
+                                          Image.Transpose.ROTATE_90]}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_other_orientations_phash_from_one_dct(impl, photos_256):
+    """The stored pHash of each orientation is the pHash of that orientation's pixels:
+    exactly for flips, within 2 bits for quarter turns (the resize's passes swap order)."""
+    from alice_gpu.records import ORIENT_INVERSE, ORIENT_KEYS, ORIENTATIONS
+
+    images = photos_256
+    base = _hashes(images, impl)
+    for k, (name, transpose, _, _) in enumerate(ORIENTATIONS[1:], 1):
+        turned = []
+        for px in images:
+            im = Image.fromarray(px)
+            for op in _PIL_ORIENT[name]:
+                im = im.transpose(op)
+            turned.append(np.asarray(im))
+            assert np.array_equal(turned[-1], hashing_cpu.orient_pixels(px, k)), name
+        got = _hashes(turned, impl)["phash"]
+        dist = np.bitwise_count(got ^ base[ORIENT_KEYS[k - 1]])
+        assert dist.max() <= (2 if transpose else 0), (name, dist)
+        # and the orientation that undoes it maps the copy back onto the original
+        back = _hashes(turned, impl)
+        inv = ORIENT_INVERSE[k]
+        undone = back["phash"] if inv == 0 else back[ORIENT_KEYS[inv - 1]]
+        assert np.bitwise_count(undone ^ base["phash"]).max() <= (2 if transpose else 0)
+
+
+def test_orientation_hashes_same_on_numpy_and_torch(photos_256):
+    from alice_gpu.records import ORIENT_KEYS
+
+    cpu = _hashes(photos_256, ("numpy", "cpu"))
+    dev = _hashes(photos_256, ("torch", "cpu"))
+    for key in ("phash", *ORIENT_KEYS):
+        assert np.array_equal(cpu[key], dev[key]), key
+
+
+@pytest.fixture(scope="module")
+def photos_256(photo_set) -> list[np.ndarray]:
+    return list(photo_set[2][:24])

@@ -45,3 +45,35 @@ def test_plan_grows_chunks_with_n_and_falls_back_for_tiny_or_huge_thresholds():
     assert max(big[0]) >= max(small[0])
     assert mih.plan(10, 10) is None                      # a scan is cheaper
     assert mih.plan(1_000_000, 64) is None               # every pair qualifies
+
+
+def _cross_reference(base: np.ndarray, queries: np.ndarray, threshold: int):
+    """The bipartite join by numpy, all against all (small n only)."""
+    d = np.bitwise_count(base[:, None] ^ queries[None, :]).astype(np.int64)
+    i, j = np.nonzero(d <= threshold)
+    return i, j, d[i, j]
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("n_base,n_query,threshold", [(1, 1, 0), (300, 2100, 10), (6000, 6000, 6),
+                                                      (6000, 6000, 11)])
+def test_cross_join_is_exact_and_never_pairs_one_side(threads, n_base, n_query, threshold):
+    codes = _codes(n_base + n_query, seed=n_base + threshold)
+    base, queries = codes[:n_base], codes[n_base:]
+    ref = _cross_reference(base, queries, threshold)
+    got = mih.mih_cross_pairs(base, queries, threshold, threads=threads)
+    if got is None:                                       # the plan chose brute force
+        from alice_gpu.search.hamming import hamming_cross_pairs
+
+        got = hamming_cross_pairs(base, queries, threshold)
+    assert [a.tolist() for a in got] == [b.tolist() for b in ref]
+
+
+def test_cross_join_fallback_is_exact():
+    from alice_gpu.search.hamming import hamming_cross_pairs
+
+    codes = _codes(60, seed=3)
+    got = hamming_cross_pairs(codes[:20], codes[20:], 40)   # too wide for multi-index hashing
+    assert mih.plan(60, 40) is None
+    ref = _cross_reference(codes[:20], codes[20:], 40)
+    assert [a.tolist() for a in got] == [b.tolist() for b in ref]

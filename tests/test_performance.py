@@ -178,7 +178,7 @@ def test_schema_1_is_migrated_with_a_backup(tmp_path):
     with pytest.raises(Exception, match="run `alice-gpu index` once"):
         Store(folder, model="test", dim=4, read_only=True)
     with Store(folder, model="test", dim=4) as store:
-        assert stored_version(store.con) == SCHEMA_VERSION == 4
+        assert stored_version(store.con) == SCHEMA_VERSION == 5
         cols = {r[0] for r in store.con.execute("DESCRIBE assets").fetchall()}
         assert "content_hash" in cols
     assert (folder / f"{DB_FILE}.v1.bak").exists()
@@ -194,7 +194,7 @@ def test_schema_2_blake2b_content_hashes_are_dropped_with_a_backup(tmp_path):
     con.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
     con.close()
     with Store(folder, model="test", dim=4) as store:
-        assert stored_version(store.con) == 4
+        assert stored_version(store.con) == SCHEMA_VERSION
         assert store.con.execute("SELECT path, content_hash FROM assets").fetchall() == [
             ("/x/a.jpg", None)]
     assert (folder / f"{DB_FILE}.v2.bak").exists()
@@ -216,7 +216,7 @@ def test_schema_3_float_vectors_become_int8_codes_with_a_backup(tmp_path):
     con.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
     con.close()
     with Store(folder, model="test", dim=4) as store:
-        assert stored_version(store.con) == 4
+        assert stored_version(store.con) == SCHEMA_VERSION
         ids, got = store.embeddings()
         version = store.vectors_version()
     assert ids.tolist() == [1, 2, 3, 4, 5]
@@ -226,6 +226,33 @@ def test_schema_3_float_vectors_become_int8_codes_with_a_backup(tmp_path):
     assert np.min(np.sum(got[keep] * unit[keep], axis=1)) > 0.999
     assert version >= 1                                   # the old FAISS file is now stale
     assert (folder / f"{DB_FILE}.v3.bak").exists()
+
+
+def test_schema_4_gains_orientation_hashes_filled_by_the_next_index_run(tmp_path, photos):
+    """Schema 4 had no orientation pHashes: the migration adds the column, and the next
+    index run re-hashes those files (and only them) so rotated copies are found."""
+    from alice_gpu import open_index
+
+    media = tmp_path / "m"
+    media.mkdir()
+    for src in sorted((photos / "images").iterdir())[:3]:
+        (media / src.name).write_bytes(src.read_bytes())
+    api = open_index(tmp_path / "db")
+    api.index([media], embed=False)
+    con = duckdb.connect(str(tmp_path / "db" / DB_FILE))
+    con.execute("ALTER TABLE assets DROP COLUMN phash_orient")
+    con.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    con.close()
+    with Store(tmp_path / "db", model="efficientnet_lite0", dim=1280) as store:
+        assert stored_version(store.con) == SCHEMA_VERSION
+        assert store.oriented_phashes()[0].tolist() == []
+        assert store.known_state(require_embedding=False) == {}
+    assert (tmp_path / "db" / f"{DB_FILE}.v4.bak").exists()
+    summary = api.index([media], embed=False)
+    assert summary.decoded == 3
+    with Store(tmp_path / "db", model="efficientnet_lite0", dim=1280, read_only=True) as store:
+        assert len(store.oriented_phashes()[0]) == 3
+    assert api.index([media], embed=False).decoded == 0
 
 
 def test_int8_codec_keeps_cosine_and_sizes():

@@ -12,7 +12,7 @@ import torch
 from alice_gpu import open_index
 from alice_gpu.config import load_config
 from alice_gpu.errors import QueryMemoryError
-from alice_gpu.records import AssetRecord
+from alice_gpu.records import ORIENT_KEYS, AssetRecord
 from alice_gpu.search import vectors as V
 from alice_gpu.store import Store
 
@@ -30,7 +30,8 @@ def _vectors(n: int, seed: int, clusters: int = 50) -> np.ndarray:
 
 def _records(ids: np.ndarray, vecs: np.ndarray) -> list[AssetRecord]:
     return [AssetRecord(f"/s/{i}.jpg", 100, 1, "ok", width=8, height=8, format="JPEG",
-                        hashes={"ahash": i, "dhash": i, "phash": i, "whash": i},
+                        hashes={"ahash": i, "dhash": i, "phash": i, "whash": i,
+                                **{k: i for k in ORIENT_KEYS}},
                         embedding=v, id=int(i)) for i, v in zip(ids.tolist(), vecs)]
 
 
@@ -147,6 +148,8 @@ def test_cuda_duplicates_equal_the_cpu_ones(tmp_path):
     idx = open_index(tmp_path / "idx", config=load_config(cfg))
     cpu = idx.duplicates(by="phash", device="cpu").to_dict()
     assert cpu == idx.duplicates(by="phash", device="cuda").to_dict()
+    tiered = idx.duplicates(device="cpu").to_dict()          # embedding pairs on the GPU too
+    assert tiered["groups"] and tiered == idx.duplicates(device="cuda").to_dict()
     with Store(tmp_path / "idx", model="test", dim=DIM, read_only=True) as store:
         a, b, s = V.VectorIndex(store).range_pairs(0.9)           # CPU, exact
         a2, b2, s2 = cosine_pairs(store.iter_embeddings(700), 0.9, torch.device("cuda"),

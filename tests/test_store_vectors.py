@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from alice_gpu.errors import StoreError
-from alice_gpu.records import AssetRecord
+from alice_gpu.records import ORIENT_KEYS, AssetRecord
 from alice_gpu.search.hamming import hamming_pairs, hamming_topk
 from alice_gpu.search.vectors import INDEX_FILE, SIDECAR_FILE, VectorIndex
 from alice_gpu.store import Store
@@ -19,7 +19,8 @@ def _rec(i: int, path: str | None = None, vec: bool = True, status: str = "ok") 
     v = rng.normal(size=DIM).astype(np.float32)
     return AssetRecord(path=path or f"/p/{i}.jpg", size=100 + i, mtime_ns=1000 + i, status=status,
                        width=10, height=10, format="JPEG",
-                       hashes={"ahash": 2**63 + i, "dhash": i, "phash": i * 3, "whash": i * 5},
+                       hashes={"ahash": 2**63 + i, "dhash": i, "phash": i * 3, "whash": i * 5,
+                               **{k: 2**63 + i * 11 + n for n, k in enumerate(ORIENT_KEYS)}},
                        embedding=(v / np.linalg.norm(v)) if vec else None, id=i)
 
 
@@ -198,3 +199,27 @@ def test_connected_groups_equal_the_reference(seed):
     assert all(np.all(np.diff(g) > 0) for g in got)       # each group sorted, no repeats
     assert {frozenset(g.tolist()) for g in got} == _reference_groups(a.tolist(), b.tolist())
     assert connected_groups(np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
+
+
+def test_small_duplicate_pairs_are_the_flat_range_search_without_faiss(store):
+    """Below DENSE_PAIRS_MAX duplicates' pairs come from one numpy product over the stored
+    vectors; they must equal FAISS's exact range search over the same vectors."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(40, DIM)).astype(np.float32)
+    recs = []
+    for i in range(1, 301):
+        v = base[i % 40] + rng.normal(scale=0.5, size=DIM).astype(np.float32)
+        recs.append(AssetRecord(path=f"/p/{i}.jpg", size=1, mtime_ns=1, status="ok", width=1,
+                                height=1, format="JPEG", embedding=v / np.linalg.norm(v), id=i))
+    store.write_batch(recs)
+    idx = VectorIndex(store)
+    dense = idx.range_pairs(0.8)
+    assert idx.index is None                        # FAISS was not needed
+    idx.load()
+    flat = idx.range_pairs(0.8)                     # the loaded flat index: FAISS
+    assert len(dense[0]) > 100
+    got = dict(zip(zip(dense[0].tolist(), dense[1].tolist()), dense[2].tolist()))
+    ref = dict(zip(zip(flat[0].tolist(), flat[1].tolist()), flat[2].tolist()))
+    assert got.keys() == ref.keys()
+    assert max(abs(got[k] - ref[k]) for k in got) < 1e-5
+    assert all(a < b for a, b in got)

@@ -17,12 +17,42 @@ from typing import Sequence
 import numpy as np
 
 from ..decode.blocks import lanczos_rows
-from ..records import STATUS_OK, Decoded
+from ..records import ORIENT_KEYS, ORIENTATIONS, STATUS_OK, Decoded
 
 HASH_BITS = 64
 
 _WEIGHTS = np.array([19595, 38470, 7471], dtype=np.int32)
 _BIT_WEIGHTS = (np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64))
+
+_SIGN = (-1.0) ** np.arange(8)
+
+
+def orient_pixels(x: np.ndarray, k: int) -> np.ndarray:
+    """Orientation ``k`` of (H, W, ...) pixels (what a rotated or mirrored copy holds)."""
+    _, transpose, rows, cols = ORIENTATIONS[k]
+    if transpose:
+        x = np.swapaxes(x, 0, 1)
+    if rows:
+        x = x[::-1]
+    if cols:
+        x = x[:, ::-1]
+    return np.ascontiguousarray(x)
+
+
+def orient_low(low: np.ndarray, k: int) -> np.ndarray:
+    """The 8x8 low DCT block (..., 8, 8) of orientation ``k`` of the image it came from.
+
+    A flip of the image negates the odd frequencies along it and a transpose
+    transposes the block, so all 8 pHashes follow from one DCT.
+    """
+    _, transpose, rows, cols = ORIENTATIONS[k]
+    if transpose:
+        low = np.swapaxes(low, -1, -2)
+    if rows:
+        low = low * _SIGN[:, None]
+    if cols:
+        low = low * _SIGN[None, :]
+    return low
 
 
 @lru_cache(maxsize=64)
@@ -66,7 +96,8 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
 
 
 def hash_bits(gray: np.ndarray) -> dict[str, np.ndarray]:
-    """All four hashes' bits, (..., 64) bool each, from (..., H, W) gray (H, W multiples of 8)."""
+    """All four hashes' bits, (..., 64) bool each, from (..., H, W) gray (H, W multiples of 8),
+    and the pHash bits of the 7 other orientations (``ORIENT_KEYS``)."""
     lead = gray.shape[:-2]
     h, w = gray.shape[-2:]
     px8 = resize_gray(gray, 8, 8).reshape(*lead, 64)
@@ -75,15 +106,21 @@ def hash_bits(gray: np.ndarray) -> dict[str, np.ndarray]:
     dhash = (px98[..., :, 1:] > px98[..., :, :-1]).reshape(*lead, 64)
     px32 = resize_gray(gray, 32, 32)
     dct = dct_matrix(32, 8)
-    low = (dct @ px32 @ dct.T).reshape(*lead, 64)
+    block = dct @ px32 @ dct.T
+    low = block.reshape(*lead, 64)
     phash = low > np.median(low, axis=-1, keepdims=True)
+    oriented = {}
+    for k, key in enumerate(ORIENT_KEYS, 1):
+        o = orient_low(block, k).reshape(*lead, 64)
+        oriented[key] = o > np.median(o, axis=-1, keepdims=True)
     blocks = gray.reshape(*lead, 8, h // 8, 8, w // 8).mean(axis=(-3, -1)).reshape(*lead, 64)
     whash = blocks > np.median(blocks, axis=-1, keepdims=True)
-    return {"ahash": ahash, "dhash": dhash, "phash": phash, "whash": whash}
+    return {"ahash": ahash, "dhash": dhash, "phash": phash, "whash": whash, **oriented}
 
 
 def hashes(pixels: np.ndarray) -> dict[str, np.ndarray]:
-    """uint8 (..., H, W, 3) RGB or (..., H, W) luma → {name: uint64 (...)}."""
+    """uint8 (..., H, W, 3) RGB or (..., H, W) luma → {name: uint64 (...)} (the four
+    hashes and ``ORIENT_KEYS``)."""
     gray = to_gray(pixels) if pixels.shape[-1] == 3 and pixels.ndim >= 3 else pixels.astype(np.float64)
     return {k: pack_bits(v) for k, v in hash_bits(gray).items()}
 

@@ -22,7 +22,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
-from .hashes_np import HASH_BITS, dct_matrix, lanczos_matrix
+from .hashes_np import HASH_BITS, ORIENT_KEYS, ORIENTATIONS, dct_matrix, lanczos_matrix
 _SHIFTS = torch.arange(HASH_BITS - 1, -1, -1, dtype=torch.int64)
 
 
@@ -97,11 +97,33 @@ class DifferenceHash(HashAlgorithm):
 class PerceptualHash(HashAlgorithm):
     name = "phash"
 
-    def bits(self, gray: torch.Tensor) -> torch.Tensor:
+    def block(self, gray: torch.Tensor) -> torch.Tensor:
+        """(N, 8, 8) low-frequency DCT block of the 32x32 resize."""
         px = resize_gray(gray, 32, 32)
         dct = _matrix(dct_matrix(32, 8), gray.device)
-        low = (dct @ px @ dct.T).flatten(1)
+        return dct @ px @ dct.T
+
+    def bits(self, gray: torch.Tensor) -> torch.Tensor:
+        low = self.block(gray).flatten(1)
         return low > _median(low)
+
+    def with_orientations(self, gray: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Packed pHash and the pHashes of the 7 other orientations, from one DCT
+        (``hashes_np.orient_low``)."""
+        block = self.block(gray)
+        sign = torch.tensor([(-1.0) ** k for k in range(8)], dtype=block.dtype,
+                            device=block.device)
+        flat = block.flatten(1)
+        out = {"phash": pack_bits(flat > _median(flat))}
+        for key, (_, transpose, rows, cols) in zip(ORIENT_KEYS, ORIENTATIONS[1:]):
+            low = block.transpose(-1, -2) if transpose else block
+            if rows:
+                low = low * sign[:, None]
+            if cols:
+                low = low * sign[None, :]
+            low = low.flatten(1)
+            out[key] = pack_bits(low > _median(low))
+        return out
 
 
 class WaveletHash(HashAlgorithm):
@@ -128,9 +150,13 @@ def get_hash(name: str) -> HashAlgorithm:
 
 def compute_hashes(batch: torch.Tensor, names: tuple[str, ...] = tuple(HASHES)
                    ) -> dict[str, torch.Tensor]:
-    """All hashes of a uint8 NCHW batch; grayscale is computed once."""
+    """All hashes of a uint8 NCHW batch, with the other orientations' pHashes when pHash is
+    asked for; grayscale is computed once."""
     gray = to_gray(batch)
-    return {name: get_hash(name)(gray) for name in names}
+    out = {name: get_hash(name)(gray) for name in names if name != "phash"}
+    if "phash" in names:
+        out.update(PerceptualHash().with_orientations(gray))
+    return out
 
 
 def to_uint64(values: torch.Tensor | np.ndarray) -> np.ndarray:

@@ -62,6 +62,61 @@ long long mih_join(const uint64_t *sorted, const uint32_t *rows, const uint32_t 
     return found;
 }
 
+/* The bipartite join: rows < split are the base, the others are queries, and only
+   base-query pairs are wanted (a query code against the codes it may match). Rows
+   increase within a bucket, so each bucket is its base rows then its query rows, and
+   mid[b] is where its query rows start: query-query and base-base pairs are never
+   looked at. out_i is the base row, out_j the query row; otherwise as mih_join. */
+static long long cross_scan(const uint64_t *sorted, const uint32_t *rows,
+                            uint32_t s1, uint32_t e1, uint32_t s2, uint32_t e2, int threshold,
+                            const uint64_t *earlier, int n_earlier, int radius,
+                            int64_t *out_i, int64_t *out_j, uint8_t *out_d,
+                            long long found, long long capacity)
+{
+    for (uint32_t p = s1; p < e1; ++p) {
+        const uint64_t ci = sorted[p];
+        for (uint32_t q = s2; q < e2; ++q) {
+            const uint64_t x = ci ^ sorted[q];
+            const int d = __builtin_popcountll(x);
+            if (d > threshold) continue;
+            int seen = 0;
+            for (int e = 0; e < n_earlier && !seen; ++e)
+                seen = __builtin_popcountll(x & earlier[e]) <= radius;
+            if (seen) continue;
+            if (found < capacity) {
+                out_i[found] = rows[p];
+                out_j[found] = rows[q];
+                out_d[found] = (uint8_t)d;
+            }
+            ++found;
+        }
+    }
+    return found;
+}
+
+long long mih_cross(const uint64_t *sorted, const uint32_t *rows, const uint32_t *off,
+                    const uint32_t *mid, long long n_buckets, const uint32_t *masks,
+                    int n_masks, int threshold, const uint64_t *earlier, int n_earlier,
+                    int radius, long long lo, long long stride,
+                    int64_t *out_i, int64_t *out_j, uint8_t *out_d, long long capacity)
+{
+    long long found = 0;
+    for (long long b = lo; b < n_buckets; b += stride) {
+        if (off[b] == off[b + 1]) continue;
+        for (int k = 0; k < n_masks; ++k) {
+            const long long b2 = b ^ (long long)masks[k];
+            if (b2 < b) continue;                   /* that pair of buckets comes from b2 */
+            found = cross_scan(sorted, rows, off[b], mid[b], mid[b2], off[b2 + 1], threshold,
+                               earlier, n_earlier, radius, out_i, out_j, out_d, found, capacity);
+            if (b2 != b)
+                found = cross_scan(sorted, rows, off[b2], mid[b2], mid[b], off[b + 1],
+                                   threshold, earlier, n_earlier, radius,
+                                   out_i, out_j, out_d, found, capacity);
+        }
+    }
+    return found;
+}
+
 static struct PyModuleDef mih_module = {PyModuleDef_HEAD_INIT, "_mih",
                                         "multi-index hashing (called through ctypes)", -1, NULL};
 

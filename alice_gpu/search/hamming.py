@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+# below this many code comparisons a dense numpy XOR + popcount beats starting the
+# multi-index threads (measured in benchmarks/bench_duplicates.py at 462 files)
+DENSE_MAX = 1 << 20
+
 
 def load_faiss():
     """FAISS, imported on first use (hash-only runs and hash top-k never need it)."""
@@ -41,6 +45,11 @@ def hamming_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray, np.nd
     n = len(hashes)
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if n * n <= 2 * DENSE_MAX:
+        codes = np.asarray(hashes, np.uint64)
+        d = np.bitwise_count(codes[:, None] ^ codes[None, :])
+        i, j = np.nonzero(np.triu(d <= threshold, 1))        # row-major: sorted by (i, j)
+        return i.astype(np.int64), j.astype(np.int64), d[i, j].astype(np.int64)
     from .mih import mih_pairs
 
     found = mih_pairs(hashes, threshold)
@@ -64,3 +73,30 @@ def brute_hamming_pairs(hashes: np.ndarray, threshold: int
     order = np.lexsort((j, i))
     return i[order], j[order], d[order]
 
+
+
+def hamming_cross_pairs(base: np.ndarray, queries: np.ndarray, threshold: int
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every (base row i, query row j) within ``threshold`` bits: (i, j, distance), sorted
+    by (i, j). Multi-index hashing where it is cheaper, else a FAISS range search of the
+    queries over the base."""
+    empty = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    if len(base) == 0 or len(queries) == 0:
+        return empty
+    if len(base) * len(queries) <= DENSE_MAX:
+        d = np.bitwise_count(np.asarray(base, np.uint64)[:, None]
+                             ^ np.asarray(queries, np.uint64)[None, :])
+        i, j = np.nonzero(d <= threshold)                    # row-major: sorted by (i, j)
+        return i.astype(np.int64), j.astype(np.int64), d[i, j].astype(np.int64)
+    from .mih import mih_cross_pairs
+
+    found = mih_cross_pairs(base, queries, threshold)
+    if found is not None:
+        return found
+    index = load_faiss().IndexBinaryFlat(64)
+    index.add(_as_bytes(base))
+    lims, dist, labels = index.range_search(_as_bytes(queries), int(threshold) + 1)
+    j = np.repeat(np.arange(len(queries)), np.diff(lims).astype(np.int64))
+    i, d = labels.astype(np.int64), dist.astype(np.int64)
+    order = np.lexsort((j, i))
+    return i[order], j[order], d[order]

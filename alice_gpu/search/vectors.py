@@ -36,6 +36,11 @@ SQ_MARGIN = 0.2            # SQ8 ranges: the sample's min..max, widened by 20% e
 RETRAIN_GROWTH = 4         # retrain once the index holds 4x what it was trained on
 CHUNK = 4096               # vectors per streamed slice (20 MiB at 1280-d, and FAISS's
                            # assignment of a slice to 2048 lists: 32 MiB more)
+# duplicates' pairs among at most this many vectors are one dense product in numpy,
+# read from the store without FAISS or pyarrow: importing those (~0.3 s together) costs
+# more than the whole search at this size (benchmarks/bench_duplicates.py)
+DENSE_PAIRS_MAX = 4096
+DENSE_BLOCK = 1024         # rows per block of the dense product (1024 x 4096 floats: 16 MiB)
 BASE_MB = 200              # a query process besides the index: ~150 MB measured (RESULTS.md)
 
 
@@ -137,6 +142,19 @@ class VectorIndex:
 
     def _slices(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self.store.iter_embeddings(CHUNK)
+
+    def _flat_slices(self, index) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The flat index's own vectors (views of its memory-mapped file, no copy) with
+        their ids, in slices: no second read of them from the store."""
+        faiss = _faiss()
+        n, d = index.ntotal, index.d
+        if n == 0:
+            return
+        flat = faiss.downcast_index(index.index)
+        xb = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+        ids = faiss.vector_to_array(index.id_map).astype(np.int64)
+        for s in range(0, n, CHUNK):
+            yield ids[s:s + CHUNK], xb[s:s + CHUNK]
 
     def rebuild(self, reason: str = "requested") -> object:
         """Build from the store, streaming: memory is the index plus one slice."""
@@ -273,13 +291,16 @@ class VectorIndex:
         an IVF index, each vector against the members of its ``GRAPH_PROBES`` nearest
         lists (:mod:`.ivfjoin`): never an n x n matrix.
         """
+        if self.index is None and self.store.embedding_count() <= DENSE_PAIRS_MAX:
+            ids, mat = self.store.embedding_matrix()
+            return dense_pairs(ids, mat, float(threshold))
         index = self.load()
         if self.kind == "ivf":
             from .ivfjoin import ivf_pairs
 
             return ivf_pairs(index, float(threshold), GRAPH_PROBES)
         parts = []
-        for ids, mat in self._slices():
+        for ids, mat in self._flat_slices(index):
             lims, dist, labels = index.range_search(np.ascontiguousarray(mat), float(threshold))
             rows = np.repeat(ids, np.diff(lims).astype(np.int64))
             keep = (labels >= 0) & (rows < labels)
@@ -288,3 +309,22 @@ class VectorIndex:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         a, b, d = (np.concatenate(x) for x in zip(*parts))
         return a.astype(np.int64), b.astype(np.int64), d
+
+
+def dense_pairs(ids: np.ndarray, mat: np.ndarray, threshold: float
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pairs (a < b by id) with cosine >= threshold among a few thousand unit vectors:
+    (id_a, id_b, score), by blocks of one matrix product (what a flat range search does)."""
+    order = np.argsort(ids, kind="stable")
+    ids, mat = ids[order], np.ascontiguousarray(mat[order], dtype=np.float32)
+    parts = []
+    for s in range(0, len(ids), DENSE_BLOCK):
+        score = mat[s:s + DENSE_BLOCK] @ mat.T
+        i, j = np.nonzero(score >= threshold)
+        keep = j > i + s
+        i, j = i[keep], j[keep]
+        parts.append((ids[i + s], ids[j], score[i, j]))
+    if not parts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    a, b, d = (np.concatenate(x) for x in zip(*parts))
+    return a.astype(np.int64), b.astype(np.int64), d.astype(np.float32)

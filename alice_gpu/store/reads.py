@@ -14,6 +14,7 @@ import duckdb
 import numpy as np
 
 from ..config import HASH_NAMES as HASHES
+from ..records import ORIENT_KEYS
 from . import codec
 from .paths import from_db, to_db
 from .schema import ASSET_COLUMNS, first
@@ -34,7 +35,7 @@ class Reads:
         Failed files count as complete (they would fail again) unless ``retry_failed``.
         """
         sql = "SELECT a.path, a.size, a.mtime_ns FROM assets a"
-        ok = "a.status = 'ok'"
+        ok = "a.status = 'ok' AND a.phash_orient IS NOT NULL"   # schema < 5 rows: re-hash
         if require_embedding:
             sql += " LEFT JOIN embeddings e ON e.asset_id = a.id"
             ok += " AND e.asset_id IS NOT NULL"
@@ -63,7 +64,8 @@ class Reads:
             sql = "SELECT DISTINCT a.size, a.content_hash FROM assets a JOIN _sz USING (size)"
             if require_embedding:
                 sql += " JOIN embeddings e ON e.asset_id = a.id"
-            sql += " WHERE a.status = 'ok' AND a.content_hash IS NOT NULL"
+            sql += (" WHERE a.status = 'ok' AND a.content_hash IS NOT NULL"
+                    " AND a.phash_orient IS NOT NULL")
             rows = self.con.execute(sql).fetchall()
         finally:
             self.con.unregister("_sz")
@@ -84,19 +86,20 @@ class Reads:
             join = "JOIN" if require_embedding else "LEFT JOIN"
             rows = self.con.execute(
                 f"SELECT a.content_hash, a.width, a.height, a.format, "
-                f"{', '.join('a.' + h for h in HASHES)}, e.scale, e.vector "
+                f"{', '.join('a.' + h for h in HASHES)}, a.phash_orient, e.scale, e.vector "
                 f"FROM assets a JOIN _ch USING (content_hash) "
                 f"{join} embeddings e ON e.asset_id = a.id "
-                f"WHERE a.status = 'ok' ORDER BY a.id").fetchall()
+                f"WHERE a.status = 'ok' AND a.phash_orient IS NOT NULL ORDER BY a.id").fetchall()
         finally:
             self.con.unregister("_ch")
         out: dict[str, dict[str, Any]] = {}
         for row in rows:
-            ch, w, h, fmt, *hashes, scale, vec = row
+            ch, w, h, fmt, *hashes, oriented, scale, vec = row
             emb = None if vec is None else codec.decode(np.asarray([vec], np.int8),
                                                           np.asarray([scale], np.float32))[0]
             out.setdefault(ch, {"width": w, "height": h, "format": fmt,
-                                "hashes": dict(zip(HASHES, (int(x) for x in hashes))),
+                                "hashes": {**dict(zip(HASHES, (int(x) for x in hashes))),
+                                           **dict(zip(ORIENT_KEYS, map(int, oriented)))},
                                 "embedding": emb})
         return out
 
@@ -130,6 +133,37 @@ class Reads:
                                 f"AND {kind} IS NOT NULL ORDER BY id").fetchnumpy()
         return (np.asarray(cols["id"], dtype=np.int64),
                 np.asarray(cols[kind], dtype=np.uint64))
+
+    def index_roots(self) -> list[str]:
+        """Every folder (or file) an index run was given, as stored."""
+        out: set[str] = set()
+        for (text,) in self.con.execute("SELECT DISTINCT roots FROM runs WHERE roots IS NOT NULL"
+                                        ).fetchall():
+            try:
+                out.update(str(r) for r in json.loads(text))
+            except ValueError:
+                continue
+        return sorted(out)
+
+    def same_content_pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """(id_a, id_b) with a < b of every two OK assets with the same bytes (a hash join)."""
+        cols = self.con.execute(
+            "SELECT x.id AS a, y.id AS b FROM assets x JOIN assets y "
+            "ON x.content_hash = y.content_hash AND x.id < y.id "
+            "WHERE x.status = 'ok' AND y.status = 'ok' ORDER BY a, b").fetchnumpy()
+        return (np.asarray(cols["a"], np.int64), np.asarray(cols["b"], np.int64))
+
+    def oriented_phashes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int64, (n, 7) uint64): the pHashes of the other orientations of every OK
+        asset that has them (``records.ORIENTATIONS[1:]``), in id order."""
+        # one column per orientation: numpy straight from DuckDB (no pyarrow import)
+        picks = ", ".join(f"phash_orient[{k}] AS o{k}" for k in range(1, len(ORIENT_KEYS) + 1))
+        cols = self.con.execute(f"SELECT id, {picks} FROM assets WHERE status = 'ok' "
+                                f"AND phash_orient IS NOT NULL ORDER BY id").fetchnumpy()
+        ids = np.asarray(cols["id"], np.int64)
+        mat = np.stack([np.asarray(cols[f"o{k}"], np.uint64)
+                        for k in range(1, len(ORIENT_KEYS) + 1)], axis=1)
+        return ids, mat.reshape(len(ids), len(ORIENT_KEYS))
 
     def embedding_count(self) -> int:
         return int(self.con.execute("SELECT count(*) FROM embeddings").fetchall()[0][0])
@@ -169,6 +203,16 @@ class Reads:
         del all_ids
         parts = [mat for _, mat in self.iter_embeddings(ids=pick)]
         return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+
+    def embedding_matrix(self) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, (n, dim) float32) of every stored vector, read without pyarrow: for a
+        few thousand vectors at most, where importing pyarrow costs more than the read."""
+        cols = self.con.execute("SELECT asset_id, scale, vector FROM embeddings").fetchnumpy()
+        ids = np.asarray(cols["asset_id"], np.int64)
+        if len(ids) == 0:
+            return ids, np.zeros((0, self.dim), np.float32)
+        codes = np.stack(cols["vector"]).astype(np.int8, copy=False)
+        return ids, codec.decode(codes, np.asarray(cols["scale"], np.float32))
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
         """Every stored vector at once: for tests and small stores only (queries stream)."""

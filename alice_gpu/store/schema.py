@@ -21,12 +21,13 @@ from ..errors import StorageError, StoreError, is_storage_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_FILE = "alice.duckdb"
 MANIFEST_FILE = "manifest.json"
 
 ASSET_COLUMNS = ("id", "path", "size", "mtime_ns", "width", "height", "format", "status",
-                 "error", *HASHES, "indexed_at", "run_id", "content_hash")
+                 "error", *HASHES, "indexed_at", "run_id", "content_hash",
+                 "phash_orient")
 
 def _schema_sql(dim: int) -> str:
     hash_cols = ",\n  ".join(f"{h} UBIGINT" for h in HASHES)
@@ -45,7 +46,8 @@ CREATE TABLE IF NOT EXISTS assets (
   {hash_cols},
   indexed_at TIMESTAMP,
   run_id BIGINT,
-  content_hash VARCHAR
+  content_hash VARCHAR,
+  phash_orient UBIGINT[7]
 );
 CREATE TABLE IF NOT EXISTS embeddings (
   asset_id BIGINT PRIMARY KEY,
@@ -94,6 +96,9 @@ _MIGRATIONS = {
         "DROP TABLE embeddings_v4",
         "UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
         "WHERE key = 'vectors_version'"],
+    # since 5 the pHashes of the 7 other orientations (records.ORIENTATIONS) are stored;
+    # older rows have none, and the next index run re-hashes them (reads.known_state)
+    4: ["ALTER TABLE assets ADD COLUMN IF NOT EXISTS phash_orient UBIGINT[7]"],
 }
 
 

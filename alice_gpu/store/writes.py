@@ -20,7 +20,7 @@ import numpy as np
 
 from ..config import HASH_NAMES as HASHES
 from ..errors import StorageError, is_storage_failure
-from ..records import STATUS_OK, AssetRecord
+from ..records import ORIENT_KEYS, STATUS_OK, AssetRecord
 from . import codec
 from .paths import to_db
 from .schema import ASSET_COLUMNS
@@ -121,6 +121,8 @@ class Writes:
             "indexed_at": pa.array([int(now * 1e6)] * len(records), pa.timestamp("us")),
             "run_id": pa.array([run_id] * len(records), pa.int64()),
             "content_hash": pa.array([r.content_hash for r in records], pa.string()),
+            "phash_orient": pa.array([_oriented(r.hashes) for r in records],
+                                     pa.list_(pa.uint64(), len(ORIENT_KEYS))),
         })
         emb_rows = [r for r in records if r.embedding is not None and r.status == STATUS_OK]
         emb_ids = np.array([r.id for r in emb_rows], dtype=np.int64)
@@ -185,6 +187,34 @@ class Writes:
             con.unregister("_gone")
         return ids
 
+    def move_paths(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Files that moved (src, dst): their rows take the new paths, keeping id, features
+        and vector. A stale row already at a destination (a file gone since) is dropped."""
+        if not pairs:
+            return
+        import pyarrow as pa
+        tbl = pa.table({"src": pa.array([to_db(s) for s, _ in pairs], pa.string()),
+                        "dst": pa.array([to_db(d) for _, d in pairs], pa.string())})
+        con = self.con
+        con.register("_mv", tbl)
+        try:
+            con.execute("BEGIN TRANSACTION")
+            stale = con.execute("SELECT count(*) FROM assets WHERE path IN (SELECT dst FROM _mv)"
+                                ).fetchall()[0][0]
+            if stale:
+                con.execute("DELETE FROM embeddings WHERE asset_id IN "
+                            "(SELECT id FROM assets WHERE path IN (SELECT dst FROM _mv))")
+                con.execute("DELETE FROM assets WHERE path IN (SELECT dst FROM _mv)")
+                con.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
+                            "WHERE key = 'vectors_version'")
+            con.execute("UPDATE assets SET path = _mv.dst FROM _mv WHERE assets.path = _mv.src")
+            con.execute("COMMIT")
+        except duckdb.Error:
+            self._rollback()
+            raise
+        finally:
+            con.unregister("_mv")
+
     def start_run(self, roots: Sequence[str], device: str, embed: bool) -> int:
         run_id = int(self.con.execute("SELECT coalesce(max(id), 0) + 1 FROM runs").fetchall()[0][0])
         self.con.execute("INSERT INTO runs (id, started_at, roots, device, embed) "
@@ -199,3 +229,9 @@ class Writes:
             [summary["files_seen"], summary["decoded"], summary["unchanged"], summary["failed"],
              summary["removed"], summary["seconds"], status, summary["device"],
              json.dumps(summary.get("metrics")), run_id])
+
+
+def _oriented(hashes: dict[str, int]) -> list[int] | None:
+    """The row's ``phash_orient`` value: the 7 other orientations' pHashes, or NULL."""
+    values = [hashes.get(k) for k in ORIENT_KEYS]
+    return None if any(v is None for v in values) else values
