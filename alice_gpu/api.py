@@ -21,6 +21,7 @@ from .features.modelcfg import known_dim
 from .store import DB_FILE, MANIFEST_FILE, Store
 
 if TYPE_CHECKING:
+    from .actions.moves import MoveReport
     from .pipeline import IndexSummary, ProgressFn
     from .search.evaluate import Evaluation
     from .search.queries import DuplicatesResult, SimilarResult
@@ -165,25 +166,68 @@ class AliceIndex:
         self.cache.put(key, result)
         return result
 
-    def duplicates(self, *, by: str = "phash", threshold: float | None = None,
-                   device: str | None = None, keep: str | None = None) -> "DuplicatesResult":
-        """Groups of near-duplicates (connected components within ``threshold``)."""
+    def duplicates(self, *, by: str = "tiered", threshold: float | None = None,
+                   device: str | None = None, keep: str | None = None,
+                   tiers: str | None = None) -> "DuplicatesResult":
+        """Groups of duplicates, each around a keeper; every two files of a group are
+        within the thresholds (complete linkage). ``by="tiered"``: exact, near (any
+        orientation), edited copy and, when ``tiers`` names it, similar."""
         from .search.queries import duplicates
         from .search.vectors import VectorIndex
 
         cfg = self.config.with_overrides(device=device)
-        key = self._cache_key("duplicates", by, threshold, cfg.device, keep)
+        key = self._cache_key("duplicates", by, threshold, cfg.device, keep, tiers)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
         with self._open(read_only=True) as store, _query_memory(cfg):
             vectors = VectorIndex(store, mmap=True, memory_mb=cfg.query.memory_mb)
             result = duplicates(store, vectors, by=by, threshold=threshold, cfg=cfg,
-                                device=cfg.device, keep=keep)
+                                device=cfg.device, keep=keep, tiers=tiers)
         self.cache.put(key, result)
         return result
 
-    def evaluate(self, ground_truth: str | os.PathLike[str], *, by: str = "phash",
+    def move_duplicates(self, move_to: str | os.PathLike[str], *, dry_run: bool = False,
+                        by: str = "tiered", threshold: float | None = None,
+                        tiers: str | None = None, keep: str | None = None,
+                        act_on: str | None = None, device: str | None = None
+                        ) -> tuple["DuplicatesResult", "MoveReport"]:
+        """Move every non-keeper of the tiers in ``act_on`` (default ``query.act_on``) to
+        ``move_to``, keeping its path relative to its indexed root, with a journal for
+        :meth:`undo`; the index follows. A journal a killed run left open in ``move_to``
+        is finished first. ``dry_run``: only the plan."""
+        from .actions.moves import Mover, MoveReport, plan_moves
+        from .search.queries import check_tiers
+
+        acting = check_tiers(act_on or self.config.query.act_on, "--act-on tier")
+        dest = os.path.abspath(os.path.expanduser(os.fspath(move_to)))
+        report = MoveReport(None, dry_run=dry_run)
+        if not dry_run:
+            with self._open(read_only=False) as store:
+                mover = Mover(store)
+                for journal in mover.incomplete(dest):
+                    log.warning("finishing the moves of %s, which a run left open", journal)
+                    mover.resume(journal, report)
+        result = self.duplicates(by=by, threshold=threshold, device=device, keep=keep,
+                                 tiers=tiers)
+        with self._open(read_only=dry_run) as store:
+            plan = plan_moves(result.groups, dest, store.index_roots(), acting)
+            report.planned = plan
+            if not dry_run and plan:
+                Mover(store).move(plan, dest, report)
+        return result, report
+
+    def undo(self, journal: str | os.PathLike[str]) -> "MoveReport":
+        """Put back every file a move journal moved (never over a file that is there now);
+        the index follows."""
+        from .actions.moves import Mover, MoveReport
+
+        report = MoveReport(str(journal))
+        with self._open(read_only=False) as store:
+            Mover(store).undo(Path(journal), report)
+        return report
+
+    def evaluate(self, ground_truth: str | os.PathLike[str], *, by: str = "tiered",
                  threshold: float | None = None, similar_by: str = "embedding",
                  device: str | None = None, index: bool = True,
                  progress: ProgressFn | None = None) -> "Evaluation":
@@ -196,7 +240,7 @@ class AliceIndex:
         truth = read_truth(ground_truth)
         if index:
             self.index(truth.files, device=device, progress=progress,
-                       embed=True if "embedding" in (by, similar_by) else None)
+                       embed=True if {"embedding", "tiered"} & {by, similar_by} else None)
         dup = self.duplicates(by=by, threshold=threshold, device=device)
 
         def ranked(query: str) -> list[str]:

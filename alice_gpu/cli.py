@@ -18,7 +18,8 @@ from typing import Any, Callable, Optional, Sequence
 
 import typer
 
-from .config import QUERY_KINDS, HASH_NAMES, load_config, profile_names, threshold_problem
+from .config import (DUPLICATE_KINDS, QUERY_KINDS, load_config, profile_names,
+                     threshold_problem)
 from .errors import (ConfigError, DeviceError, ModelError, QueryError, QueryMemoryError,
                      StorageError, StoreError, StoreLockedError)
 
@@ -139,11 +140,13 @@ def _emit_csv(result: Any) -> None:
 
     text = io.StringIO(newline="")
     writer = csv.writer(text)
-    writer.writerow(["group", "keep", "path", "id", "width", "height", "size"])
+    writer.writerow(["group", "keep", "path", "id", "width", "height", "size", "tier", "score",
+                     "transform"])
     for n, group in enumerate(result.groups, 1):
         for f in group.files:
             writer.writerow([n, int(f.path == group.keeper), f.path, f.id, f.width, f.height,
-                             f.size])
+                             f.size, f.tier or "", "" if f.score is None else f.score,
+                             f.transform])
     buffer = getattr(sys.stdout, "buffer", None)
     if buffer is None:                       # a text-only stream (tests, notebooks)
         sys.stdout.write(text.getvalue())
@@ -328,11 +331,16 @@ def similar(
 
 @app.command()
 def duplicates(
-    by: str = typer.Option("phash", "--by", **_choice("--by", HASH_NAMES + ("embedding",)),
-                           help="What makes two images duplicates."),
+    by: str = typer.Option("tiered", "--by", **_choice("--by", DUPLICATE_KINDS),
+                           help="tiered: exact, near (pHash, any orientation) and edited "
+                           "copies (embedding); or one signal at one --threshold."),
     threshold: Optional[float] = typer.Option(
-        None, "--threshold", help="Largest Hamming distance in bits (0..64, default 10) for "
-        "hashes; smallest cosine (-1..1, default 0.85) for embeddings."),
+        None, "--threshold", help="Largest Hamming distance in bits (0..64) of the near tier "
+        "(default 8) or of --by <hash> (default 10); with --by embedding the smallest "
+        "cosine (-1..1, default 0.85)."),
+    tiers: Optional[str] = typer.Option(
+        None, "--tiers", metavar="TIERS", help="Tiers to group (tiered): exact,near,edited "
+        "(default), add similar for look-alikes."),
     keep: Optional[str] = typer.Option(
         None, "--keep", metavar="RULES", help="Which file of a group to keep: rules in order, "
         "e.g. pixels,format:png>heif>jpeg,size,oldest,path:~/Originals (default "
@@ -340,48 +348,157 @@ def duplicates(
     device: Optional[str] = DEVICE,
     db: Optional[Path] = DB, json_out: bool = JSON,
     csv_out: bool = typer.Option(False, "--csv", help="Print one CSV row per file (with a "
-                                 "header): group, keep, path, id, width, height, size."),
+                                 "header): group, keep, path, id, width, height, size, tier, "
+                                 "score, transform."),
+    move_to: Optional[Path] = typer.Option(
+        None, "--move-to", metavar="DIR", help="Move every non-keeper into DIR (its path "
+        "relative to its indexed root kept), with a journal for `alice-gpu undo`. Nothing is "
+        "deleted."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="With --move-to: print the plan, "
+                                 "move nothing."),
+    act_on: Optional[str] = typer.Option(
+        None, "--act-on", metavar="TIERS", help="The tiers --move-to moves (default "
+        "exact,near,edited: look-alikes are never moved unless named)."),
+    html: Optional[Path] = typer.Option(
+        None, "--html", metavar="FILE", help="Also write one self-contained HTML page with "
+        "the groups and their thumbnails."),
     config: Optional[Path] = CONFIG,
 ) -> int:
-    """Groups of near-duplicates, largest first, each with the file to keep."""
+    """Groups of duplicates, largest first, each with the file to keep and why.
+
+    Exit codes: 0 done; 1 some files could not be moved (each one is listed and left
+    where it was); 2 bad usage; 3 index locked; 4 storage failure; 5 over the query
+    memory budget.
+    """
     problem = None if threshold is None else threshold_problem(by, threshold)
     if problem:
         raise typer.BadParameter(problem, param_hint="'--threshold'")
     if json_out and csv_out:
         raise typer.BadParameter("choose one of --json and --csv", param_hint="'--csv'")
+    if tiers is not None:
+        from .search.queries import check_tiers
+
+        _run(check_tiers, tiers, "tier")
     if keep is not None:
         from .search.keep import parse_keep
 
         _run(parse_keep, keep)              # a bad rule: exit 2 before the index is opened
+    if act_on is not None:
+        from .search.queries import check_tiers
+
+        _run(check_tiers, act_on, "--act-on tier")
+    if dry_run and move_to is None:
+        raise typer.BadParameter("--dry-run goes with --move-to DIR", param_hint="'--dry-run'")
     api = _run(_open, db, config)
-    result = _run(api.duplicates, by=by, threshold=threshold, device=device, keep=keep)
+    report = None
+    if move_to is not None:
+        result, report = _run(api.move_duplicates, move_to, dry_run=dry_run, by=by,
+                              threshold=threshold, tiers=tiers, keep=keep, act_on=act_on,
+                              device=device)
+    else:
+        result = _run(api.duplicates, by=by, threshold=threshold, device=device, keep=keep,
+                      tiers=tiers)
+    if html is not None:
+        from .actions.report import write_html
+
+        _run(write_html, result, html)
+    code = EXIT_FAILED_FILES if report is not None and report.problems else EXIT_OK
     if json_out:
-        _emit_json(result.to_dict())
-        return EXIT_OK
+        doc = result.to_dict()
+        if report is not None:
+            doc["moves"] = report.to_dict()
+        _emit_json(doc)
+        return code
     if csv_out:
         _emit_csv(result)
-        return EXIT_OK
+        return code
+    sys.stdout.write(_duplicates_text(result))
+    if report is not None:
+        sys.stdout.write(_moves_text(report))
+    if html is not None:
+        _say(f"report: {show_path(str(html))}")
+    return code
+
+
+def _moves_text(report: Any) -> str:
+    lines = []
+    if report.dry_run:
+        lines += [f"would move {show_path(m.src)} -> {show_path(m.dst)}" for m in report.planned]
+        lines.append(f"dry run: {len(report.planned)} files would move; nothing was moved")
+    else:
+        if report.resumed:
+            lines.append(f"finished {report.resumed} moves a stopped run had left")
+        lines.append(f"moved {report.moved} files; journal: {show_path(report.journal or '')}"
+                     f" (undo: alice-gpu undo {show_path(report.journal or '')})")
+    lines += [f"not moved: {show_path(p['path'])}: {p['reason']}" for p in report.problems]
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+def undo(
+    journal: Path = typer.Argument(..., metavar="JOURNAL", help="The journal a --move-to "
+                                   "wrote (alice-gpu-journal-*.jsonl in its DIR)."),
+    db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
+) -> int:
+    """Put back every file a `duplicates --move-to` moved, byte for byte; the index follows.
+
+    A file that now exists at an original path is never overwritten: it is listed and the
+    exit code is 1.
+    """
+    api = _run(_open, db, config)
+    report = _run(api.undo, journal)
+    code = EXIT_FAILED_FILES if report.problems else EXIT_OK
+    if json_out:
+        _emit_json(report.to_dict())
+        return code
+    lines = [f"restored {report.restored} files from {show_path(str(journal))}"]
+    lines += [f"not restored: {show_path(p['path'])}: {p['reason']}" for p in report.problems]
+    sys.stdout.write("\n".join(lines) + "\n")
+    return code
+
+
+def _how(result: Any) -> str:
+    if result.by == "tiered":
+        return f"tiers {','.join(result.tiers)}"
+    return f"by {result.by}, threshold {result.threshold}"
+
+
+def _duplicates_text(result: Any) -> str:
+    """The terminal table: per group its tier and keeper, per file how it relates to it."""
     lines = []
     if not result.groups:
-        lines.append(f"no near-duplicates (by {by}, threshold {result.threshold})")
+        lines.append(f"no duplicates ({_how(result)})")
     for n, group in enumerate(result.groups, 1):
-        lines.append(f"group {n} ({len(group.files)} files; keep: {group.keeper_reason})")
-        lines += [f"  {'keep' if f.path == group.keeper else '    '} {show_path(f.path)}"
-                  for f in group.files]
+        lines.append(f"group {n}: {len(group.files)} files, {group.tier} "
+                     f"(keep: {group.keeper_reason})")
+        for f in group.files:
+            if f.path == group.keeper:
+                how = "keep"
+            else:
+                how = f"{f.tier} {f.score:.3f}" + (f" {f.transform}" if f.transform else "")
+            size = f"{f.width}x{f.height}" if f.width else "?"
+            lines.append(f"  {how:<34} {size:>11} {_human_bytes(f.size):>9}  "
+                         f"{show_path(f.path)}")
     if result.groups:
         files = sum(len(g.files) for g in result.groups)
-        lines.append(f"{len(result.groups)} groups, {files} files (by {by}, threshold "
-                     f"{result.threshold})")
-    sys.stdout.write("\n".join(lines) + "\n")
-    return EXIT_OK
+        lines.append(f"{len(result.groups)} groups, {files} files ({_how(result)})")
+    return "\n".join(lines) + "\n"
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
 
 
 @app.command()
 def evaluate(
     ground_truth: Path = typer.Argument(..., metavar="GROUND_TRUTH.csv",
                                         help="CSV with columns file,group (and transform)."),
-    by: str = typer.Option("phash", "--by", **_choice("--by", HASH_NAMES + ("embedding",)),
-                           help="What duplicates are found by."),
+    by: str = typer.Option("tiered", "--by", **_choice("--by", DUPLICATE_KINDS),
+                           help="What duplicates are found by (see duplicates)."),
     threshold: Optional[float] = typer.Option(None, "--threshold",
                                               help="The duplicates threshold (see duplicates)."),
     similar_by: str = typer.Option("embedding", "--similar-by",

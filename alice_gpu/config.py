@@ -20,6 +20,9 @@ DB_ENV = "ALICE_GPU_DB"
 
 HASH_NAMES = ("ahash", "dhash", "phash", "whash")
 QUERY_KINDS = ("embedding",) + HASH_NAMES
+# duplicates' tiers, strongest first: same bytes, hashes close, embedding close, look-alike
+TIERS = ("exact", "near", "edited", "similar")
+DUPLICATE_KINDS = ("tiered",) + QUERY_KINDS
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ class FeatureConfig:
 
 def threshold_problem(by: str, threshold: float) -> str | None:
     """What is wrong with a duplicates threshold for ``--by`` (None when it is fine):
-    whole bits in 0..64 for hashes, a cosine in -1..1 for embeddings."""
+    whole bits in 0..64 for hashes and for the tiered answer's near tier, a cosine in -1..1
+    for embeddings."""
     if by == "embedding":
         if not -1.0 <= threshold <= 1.0:
             return f"for embeddings it is a cosine in -1..1, not {threshold:g}"
@@ -111,6 +115,15 @@ class QueryConfig:
     # Hamming distance (bits of 64) for hash duplicates, cosine for embeddings
     hash_threshold: int = 10
     embedding_threshold: float = 0.85
+    # tiered: a near copy has a pHash within near_threshold bits, in any orientation
+    near_threshold: int = 8
+    # tiered: an edited copy has embedding cosine >= edited_threshold, a look-alike
+    # (similar) >= similar_threshold (searched only when the similar tier is asked for)
+    edited_threshold: float = 0.85
+    similar_threshold: float = 0.7
+    # the tiers duplicates groups by default, and the tiers --move-to acts on
+    tiers: str = "exact,near,edited"
+    act_on: str = "exact,near,edited"
     # similar / duplicates / a vector-index rebuild stay within this (not the decode budget)
     memory_mb: int = 2048
     # which file of a duplicate group is kept: rules in order, the first that differs decides
@@ -123,6 +136,13 @@ class QueryConfig:
                "query.keep must be a comma-separated list of rules, e.g. pixels,size,oldest")
         _check(0 <= self.hash_threshold <= 64, "query.hash_threshold must be in 0..64")
         _check(-1.0 <= self.embedding_threshold <= 1.0, "query.embedding_threshold must be in -1..1")
+        _check(-1.0 <= self.similar_threshold <= self.edited_threshold <= 1.0,
+               "query.similar_threshold <= query.edited_threshold, both in -1..1")
+        _check(0 <= self.near_threshold <= 64, "query.near_threshold must be in 0..64")
+        for key in ("tiers", "act_on"):
+            names = [t.strip() for t in str(getattr(self, key)).split(",") if t.strip()]
+            _check(bool(names) and all(t in TIERS for t in names),
+                   f"query.{key} must be a comma-separated list of {', '.join(TIERS)}")
 
 
 @dataclass(frozen=True)

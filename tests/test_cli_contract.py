@@ -17,8 +17,8 @@ METRIC_KEYS = {"files_processed", "processing_time", "average_file_time", "memor
 STAGES = {"discover", "decode", "transfer", "compute", "write"}
 SIMILAR_KEYS = {"query", "by", "query_in_index", "results"}
 MATCH_KEYS = {"path", "score", "id", "distance"}
-DUPLICATES_KEYS = {"by", "threshold", "groups"}
-MEMBER_KEYS = {"path", "id", "width", "height", "size"}
+DUPLICATES_KEYS = {"by", "threshold", "groups", "thresholds", "tiers"}
+MEMBER_KEYS = {"path", "id", "width", "height", "size", "tier", "score", "transform", "distance"}
 STATS_KEYS = {"assets", "failed", "embedded", "bytes", "formats", "last_run", "failed_files", "db"}
 LAST_RUN_KEYS = {"id", "finished_at", "files_seen", "decoded", "unchanged", "failed", "removed",
                  "seconds"}
@@ -54,11 +54,18 @@ def test_similar_duplicates_and_stats_documents(index):
     assert code == 0 and set(doc) == SIMILAR_KEYS and set(doc["results"][0]) == MATCH_KEYS
     code, out, _ = run_cli("duplicates", "--db", db, "--json")
     doc = json.loads(out)
-    assert code == 0 and set(doc) == DUPLICATES_KEYS and doc["threshold"] == 10
+    assert code == 0 and set(doc) == DUPLICATES_KEYS and doc["threshold"] == 8
+    assert doc["by"] == "tiered" and doc["tiers"] == ["exact", "near", "edited"]
     group = doc["groups"][0]                # "files" as before; the rest extends it
-    assert set(group) == {"files", "keeper", "keeper_reason", "weakest"}
+    assert set(group) == {"files", "keeper", "keeper_reason", "weakest", "tier", "score",
+                          "transform"}
+    assert group["tier"] == "exact" and group["score"] == 1.0 and group["transform"] == []
     assert set(group["files"][0]) == MEMBER_KEYS
-    assert set(group["weakest"]) == {"a", "b", "score", "distance"}
+    assert set(group["weakest"]) == {"a", "b", "score", "distance", "tier"}
+    assert group["keeper"] in {f["path"] for f in group["files"]}
+    code, out, _ = run_cli("duplicates", "--db", db, "--by", "phash", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["threshold"] == 10 and doc["groups"][0]["tier"] == "near"
     assert group["keeper"] in {f["path"] for f in group["files"]}
     code, out, _ = run_cli("stats", "--db", db, "--json")
     doc = json.loads(out)

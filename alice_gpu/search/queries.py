@@ -14,16 +14,17 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..config import HASH_NAMES, QUERY_KINDS, Config, check_threshold
+from ..config import HASH_NAMES, QUERY_KINDS, TIERS, Config, check_threshold
 from ..decode import decode_path
 from ..discover import normalize_path
 from ..errors import QueryError
-from ..gpu.kernels import cuda_hamming_pairs, cuda_hamming_topk, kernel_device
-from ..records import STATUS_OK
+from ..gpu.kernels import cuda_hamming_topk, kernel_device
+from ..records import ORIENT_INVERSE, ORIENTATIONS, STATUS_OK
 from ..store import Store
 from .groups import linked_groups
 from .keep import keeper_key, keeper_reason, parse_keep
-from .hamming import hamming_pairs, hamming_topk
+from .edges import Edges, single_edges, tiered_edges
+from .hamming import hamming_topk
 from .vectors import VectorIndex
 
 log = logging.getLogger(__name__)
@@ -53,11 +54,18 @@ class SimilarResult:
 
 @dataclass(frozen=True)
 class GroupMember:
+    """A file of a group; ``tier``, ``score``, ``transform`` and ``distance`` say how it
+    relates to the group's keeper (all empty for the keeper itself)."""
+
     path: str
     id: int
     width: int | None
     height: int | None
     size: int
+    tier: str | None = None          # exact | near | edited | similar
+    score: float | None = None       # 1.0 exact, 1 - bits/64 near, cosine edited / similar
+    transform: str = ""              # how it differs from the keeper: "rotated 90°", "mirrored"
+    distance: int | None = None      # pHash bits from the keeper (its best orientation)
 
 
 @dataclass(frozen=True)
@@ -68,6 +76,7 @@ class WeakestPair:
     b: str
     score: float
     distance: int | None = None
+    tier: str | None = None
 
 
 @dataclass(frozen=True)
@@ -76,11 +85,18 @@ class DuplicateGroup:
     keeper: str = ""
     keeper_reason: str = ""
     weakest: WeakestPair | None = None
+    tier: str | None = None          # the weakest tier of its members
+    score: float | None = None       # the lowest score of a member in that tier
+
+    @property
+    def transforms(self) -> list[str]:
+        return sorted({f.transform for f in self.files if f.transform})
 
     def to_dict(self) -> dict:
         return {"files": [asdict(m) for m in self.files], "keeper": self.keeper,
                 "keeper_reason": self.keeper_reason,
-                "weakest": None if self.weakest is None else asdict(self.weakest)}
+                "weakest": None if self.weakest is None else asdict(self.weakest),
+                "tier": self.tier, "score": self.score, "transform": self.transforms}
 
 
 @dataclass(frozen=True)
@@ -88,10 +104,12 @@ class DuplicatesResult:
     by: str
     threshold: float
     groups: list[DuplicateGroup] = field(default_factory=list)
+    thresholds: dict = field(default_factory=dict)
+    tiers: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"by": self.by, "threshold": self.threshold,
-                "groups": [g.to_dict() for g in self.groups]}
+        return {"by": self.by, "threshold": self.threshold, "thresholds": self.thresholds,
+                "tiers": self.tiers, "groups": [g.to_dict() for g in self.groups]}
 
 
 def check_by(by: str) -> None:
@@ -160,38 +178,45 @@ def similar(store: Store, vectors: VectorIndex, path: str, *, k: int, by: str, c
     return SimilarResult(query=normalize_path(path), by=by, results=matches, query_in_index=inside)
 
 
-def _pairs(store: Store, vectors: VectorIndex, by: str, thr: float, device: str
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair within the threshold, (id_a, id_b, closeness): higher is closer
-    (cosine for embeddings, minus the Hamming distance for hashes)."""
-    gpu = kernel_device(device)
-    if by == "embedding":
-        if gpu is None:
-            return vectors.range_pairs(thr)         # exact when flat, else the IVF join
-        import torch                                # exact: blocked brute force on the GPU
-
-        from ..gpu.blocked import cosine_pairs
-
-        return cosine_pairs(store.iter_embeddings(), thr, torch.device(f"cuda:{gpu}"),
-                            block=16384)
-    ids, hashes = store.hashes(by)
-    i, j, d = (hamming_pairs(hashes, int(thr)) if gpu is None
-               else cuda_hamming_pairs(hashes, int(thr), gpu))
-    return ids[i], ids[j], -d.astype(np.float64)
+def check_tiers(text: str, what: str) -> list[str]:
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    bad = [t for t in names if t not in TIERS]
+    if bad or not names:
+        raise QueryError(f"unknown {what} {', '.join(bad) or repr(text)} "
+                         f"(choose from {', '.join(TIERS)})")
+    return names
 
 
 def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float | None,
-               cfg: Config, device: str = "auto", keep: str | None = None) -> DuplicatesResult:
+               cfg: Config, device: str = "auto", keep: str | None = None,
+               tiers: str | None = None) -> DuplicatesResult:
     """Groups in which every two files are within the threshold, each around a keeper
-    (:func:`~.groups.linked_groups`); largest group first."""
-    check_by(by)
+    (:func:`~.groups.linked_groups`); largest group first.
+
+    ``by="tiered"`` (the default answer) joins four signals, each pair keeping its
+    strongest tier: same bytes (exact), pHash within ``near_threshold`` in any of the 8
+    orientations (near), embedding cosine (edited copy, similar). Otherwise one signal
+    at one threshold.
+    """
+    if by != "tiered":
+        check_by(by)
     check_threshold(by, threshold)
     rules = parse_keep(keep or cfg.query.keep)
     order_key = keeper_key(rules)
-    thr: float = (float(cfg.query.embedding_threshold if threshold is None else threshold)
-                  if by == "embedding" else
-                  int(cfg.query.hash_threshold if threshold is None else threshold))
-    a, b, close = _pairs(store, vectors, by, thr, device)
+    q = cfg.query
+    if by == "tiered":
+        wanted = check_tiers(tiers or q.tiers, "tier")
+        thr: float = int(q.near_threshold if threshold is None else threshold)
+        edges = tiered_edges(store, vectors, q, wanted, device, near=int(thr))
+        thresholds = {"near": thr, "edited": q.edited_threshold}
+        if "similar" in wanted:
+            thresholds["similar"] = q.similar_threshold
+    else:
+        wanted = list(TIERS)
+        thr = (float(q.embedding_threshold if threshold is None else threshold)
+               if by == "embedding" else int(q.hash_threshold if threshold is None else threshold))
+        edges = single_edges(store, vectors, by, thr, q, device)
+        thresholds = {by: thr}
     rows: dict[int, dict] = {}
 
     def rank_of(nodes: np.ndarray) -> np.ndarray:
@@ -201,23 +226,40 @@ def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float 
         rank[order] = np.arange(len(nodes))
         return rank
 
-    out = [_group(rows, members.tolist(), pairs, by, rules)
-           for members, pairs in linked_groups(a, b, close, rank_of)]
+    out = [_group(rows, members.tolist(), pairs, edges, rules)
+           for members, pairs in linked_groups(edges.a, edges.b, edges.closeness(), rank_of)]
     out.sort(key=lambda g: (-len(g.files), g.files[0].path))
-    return DuplicatesResult(by=by, threshold=thr, groups=out)
+    return DuplicatesResult(by=by, threshold=thr, groups=out, thresholds=thresholds,
+                            tiers=wanted)
 
 
 def _group(rows: dict[int, dict], members: list[int], pairs: list[tuple[int, int, float]],
-           by: str, rules: list) -> DuplicateGroup:
-    files = sorted((GroupMember(rows[i]["path"], i, rows[i]["width"], rows[i]["height"],
-                                rows[i]["size"]) for i in members), key=lambda m: m.path)
-    keeper = rows[members[0]]
+           edges: Edges, rules: list) -> DuplicateGroup:
+    keeper_id = members[0]
+    keeper = rows[keeper_id]
+    files = []
+    for i in members:
+        r = rows[i]
+        if i == keeper_id:
+            files.append(GroupMember(r["path"], i, r["width"], r["height"], r["size"]))
+            continue
+        e = edges.find(keeper_id, i)
+        orient = int(edges.orient[e])
+        if edges.a[e] != keeper_id:                  # stored as keeper ≈ t(member)
+            orient = ORIENT_INVERSE[orient]
+        dist = int(edges.dist[e])
+        files.append(GroupMember(r["path"], i, r["width"], r["height"], r["size"],
+                                 TIERS[edges.tier[e]], round(float(edges.score[e]), 6),
+                                 ORIENTATIONS[orient][0], None if dist < 0 else dist))
+    files.sort(key=lambda m: m.path)
     runner_up = min((rows[i] for i in members[1:]), key=keeper_key(rules))
-    x, y, close = min(pairs, key=lambda p: (p[2], rows[p[0]]["path"], rows[p[1]]["path"]))
+    x, y, _ = min(pairs, key=lambda p: (p[2], rows[p[0]]["path"], rows[p[1]]["path"]))
     x, y = sorted((x, y), key=lambda i: rows[i]["path"])
-    if by == "embedding":
-        weakest = WeakestPair(rows[x]["path"], rows[y]["path"], round(float(close), 6))
-    else:
-        weakest = WeakestPair(rows[x]["path"], rows[y]["path"],
-                              round(1.0 + float(close) / 64.0, 6), int(-close))
-    return DuplicateGroup(files, keeper["path"], keeper_reason(rules, keeper, runner_up), weakest)
+    e = edges.find(x, y)
+    dist = int(edges.dist[e])
+    weakest = WeakestPair(rows[x]["path"], rows[y]["path"], round(float(edges.score[e]), 6),
+                          None if dist < 0 else dist, TIERS[edges.tier[e]])
+    worst = max(TIERS.index(f.tier) for f in files if f.tier)
+    score = min(f.score for f in files if f.tier == TIERS[worst])
+    return DuplicateGroup(files, keeper["path"], keeper_reason(rules, keeper, runner_up),
+                          weakest, TIERS[worst], score)
