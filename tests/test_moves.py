@@ -207,3 +207,55 @@ def test_move_refuses_bad_usage(tmp_path):
     assert code == 2 and "blurry" in err
     code, _, err = run_cli("undo", tmp_path / "nope.jsonl", "--db", tmp_path)
     assert code == 2 and "journal" in err
+
+
+def test_across_filesystems_a_move_copies_and_undo_restores_mtime(tmp_path, photos, monkeypatch):
+    """Where hard links fail (another filesystem: EXDEV), a file is copied under a
+    temporary name, fsynced, renamed into place, and only then removed."""
+    import errno
+
+    from alice_gpu.actions import moves
+
+    media = _library(tmp_path, photos, copies=2)
+    db, dest = tmp_path / "db", tmp_path / "dups"
+    run_cli("index", media, "--db", db, "--no-embed")
+    before, ids_before = _snapshot(media), _indexed_paths(db)
+
+    def no_link(src, dst):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(moves.os, "link", no_link)
+    code, out, _ = run_cli("duplicates", "--db", db, "--move-to", dest, "--json")
+    doc = json.loads(out)["moves"]
+    assert code == 0 and doc["moved"] == 4
+    assert not list(dest.rglob("*.alice-gpu-partial"))
+    assert run_cli("undo", doc["journal"], "--db", db)[0] == 0
+    assert _snapshot(media) == before and _indexed_paths(db) == ids_before
+
+
+def test_a_journal_line_cut_by_a_kill_does_not_hide_later_records(tmp_path):
+    from alice_gpu.actions.moves import Journal
+
+    path = tmp_path / "alice-gpu-journal-x.jsonl"
+    j = Journal(path)
+    j.write(journal="alice-gpu moves", version=1)
+    j.write(op="move", src="/a", dst="/b")
+    j.close()
+    with open(path, "a") as fh:
+        fh.write('{"op": "mov')                      # the kill came mid-write
+    j = Journal(path)
+    j.write(op="end")
+    j.close()
+    records = Journal.read(path)
+    assert [r.get("op") for r in records] == [None, "move", "end"]   # the cut line skipped
+
+
+def test_a_root_given_as_a_relative_path_still_anchors_the_moves(tmp_path, photos, monkeypatch):
+    media = _library(tmp_path, photos, copies=1)
+    monkeypatch.chdir(tmp_path)
+    run_cli("index", "media", "--db", tmp_path / "db", "--no-embed")
+    monkeypatch.chdir(media / "a")                   # elsewhere when moving
+    code, out, _ = run_cli("duplicates", "--db", tmp_path / "db", "--move-to", tmp_path / "d",
+                           "--dry-run", "--json")
+    for m in json.loads(out)["moves"]["planned"]:
+        assert Path(m["dst"]).relative_to(tmp_path / "d") == Path(m["src"]).relative_to(media)

@@ -15,6 +15,8 @@ records, then ``end`` when every planned move is settled.
 
 from __future__ import annotations
 
+import errno
+import filecmp
 import json
 import logging
 import os
@@ -103,6 +105,8 @@ class Journal:
     def __init__(self, path: Path):
         self.path = path
         self.fh = open(path, "a", encoding="utf-8")
+        if self.fh.tell() and not path.read_bytes().endswith(b"\n"):
+            self.fh.write("\n")        # end a line a kill cut short, so it stays one bad line
 
     def write(self, **record) -> None:
         self.fh.write(json.dumps(record, ensure_ascii=True) + "\n")   # lone surrogates escaped
@@ -121,7 +125,7 @@ class Journal:
                     try:
                         out.append(json.loads(line))
                     except ValueError:          # a line cut by a kill: it was never acted on
-                        break
+                        continue
         except OSError as exc:
             raise QueryError(f"cannot read journal {path}: {exc.strerror}") from None
         if not out or out[0].get("journal") != "alice-gpu moves":
@@ -153,7 +157,8 @@ def _relocate(src: str, dst: str) -> None:
     except OSError as exc:
         if os.path.lexists(dst) and os.path.samefile(src, dst):
             os.unlink(src)             # the link was made: finish the move
-        elif exc.errno in (18, 1, 95, 38):   # EXDEV, EPERM, EOPNOTSUPP, ENOSYS: copy instead
+        elif exc.errno in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
+            # another filesystem, or one without hard links: copy instead
             tmp = dst + _TMP_SUFFIX
             shutil.copy2(src, tmp)     # bytes and mtime
             with open(tmp, "rb") as fh:
@@ -172,7 +177,9 @@ def _settle(src: str, dst: str) -> str:
     """Where a planned move stands after a kill: 'done', 'todo' or a problem."""
     at_src, at_dst = os.path.lexists(src), os.path.lexists(dst)
     if at_src and at_dst:
-        if os.path.samefile(src, dst):            # killed between link and unlink
+        # killed between link and unlink, or after a cross-filesystem copy was renamed
+        # into place: the source goes only when the destination holds the same bytes
+        if os.path.samefile(src, dst) or filecmp.cmp(src, dst, shallow=False):
             os.unlink(src)
             return "done"
         return "both"

@@ -43,6 +43,11 @@ def thumbnail(path: str, size: int = THUMB) -> tuple[str | None, str | None]:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii"), None
 
 
+def _shown(path: str) -> str:
+    """A file name as text: bytes that are not UTF-8 become U+FFFD, not broken HTML."""
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -80,7 +85,7 @@ def render(result, thumbs: dict[str, tuple[str | None, str | None]]) -> str:
         for f in group.files:
             keep = f.path == group.keeper
             uri, why = thumbs.get(f.path, (None, "no preview"))
-            img = (f'<img src="{uri}" alt="{e(os.path.basename(f.path))}">' if uri else
+            img = (f'<img src="{uri}" alt="{e(os.path.basename(_shown(f.path)))}">' if uri else
                    f'<div class="nopreview">{e(why or "")}</div>')
             if keep:
                 how = '<span class="badge">KEEP</span>'
@@ -90,7 +95,7 @@ def render(result, thumbs: dict[str, tuple[str | None, str | None]]) -> str:
             dims = f"{f.width}&times;{f.height}" if f.width else "?"
             parts.append(f'<figure class="{"keep" if keep else "member"}">{img}<figcaption>'
                          f'{how}<br>{dims} &middot; {_size(f.size)}<br>'
-                         f'<span class="path">{e(f.path)}</span></figcaption></figure>')
+                         f'<span class="path">{e(_shown(f.path))}</span></figcaption></figure>')
         parts.append("</div></section>")
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -102,11 +107,12 @@ def write_html(result, path: str | os.PathLike[str], workers: int | None = None)
     paths = sorted({f.path for g in result.groups for f in g.files})
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1)) as pool:
         thumbs = dict(zip(paths, pool.map(thumbnail, paths)))
-    page = render(result, thumbs)
+    # a name that is not UTF-8 (surrogate-escaped bytes) shows U+FFFD, never breaks the page
+    page = render(result, thumbs).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(page, encoding="utf-8", errors="surrogateescape")
+        tmp.write_text(page, encoding="utf-8")
         os.replace(tmp, out)
     except OSError as exc:
         raise QueryError(f"cannot write {path}: {exc.strerror}") from None

@@ -24,7 +24,7 @@ import numpy as np
 
 from ..config import Config
 from ..decode import DecodePlan
-from ..discover import Discovery, discover
+from ..discover import Discovery, discover, normalize_path
 from ..features.stage import Featuriser
 from ..records import STATUS_OK, STATUS_RAW, STATUS_SAME, AssetRecord, Decoded, FileEntry
 from ..search.vectors import VectorIndex
@@ -209,7 +209,9 @@ class _IndexJob:
                 self.vectors.load()   # as the store is now: each commit's changes are applied
             else:
                 self.vectors.defer()  # no current file: rebuilt from DuckDB on first use
-        self.summary.run_id = self.store.start_run(roots, self.summary.device,
+        # absolute: a move keeps each file's path relative to the root it was indexed under
+        self.summary.run_id = self.store.start_run([normalize_path(r) for r in roots],
+                                                   self.summary.device,
                                                    self.cfg.features.embed)
         self._remove_vanished(found, prune)
         path_ids = self.store.path_ids()
