@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .pipeline import IndexSummary, ProgressFn
     from .search.evaluate import Evaluation
     from .search.queries import DuplicatesResult, SimilarResult
+    from .store.filters import Filters
 
 # the pipeline, the queries and anything with torch are imported where they are
 # needed: `stats`, and queries answered from stored features, start in a fraction
@@ -141,11 +142,17 @@ class AliceIndex:
             if cfg.decode.engine == "gpu" and dev.type != "cuda":
                 raise ConfigError("--decode gpu needs a CUDA device (--device cuda)")
         with self._open(read_only=False) as store:
-            return run_index(store, VectorIndex(store), roots, cfg, dev, progress, retry_failed, prune)
+            summary = run_index(store, VectorIndex(store), roots, cfg, dev, progress,
+                                retry_failed, prune)
+            if cfg.metadata.auto_tags:
+                store.auto_tags()
+            return summary
 
     def similar(self, image: str | os.PathLike[str], *, k: int | None = None,
-                by: str = "embedding", device: str | None = None) -> "SimilarResult":
-        """Top-k look-alikes of ``image`` (in the index or not), best first.
+                by: str = "embedding", device: str | None = None,
+                filters: "Filters | None" = None) -> "SimilarResult":
+        """Top-k look-alikes of ``image`` (in the index or not), best first, among the
+        files matching ``filters`` (all files by default).
 
         ``device`` (default: the configured one) runs hash searches on a GPU and
         featurises a query image that is not in the index.
@@ -156,19 +163,23 @@ class AliceIndex:
         cfg = self.config.with_overrides(device=device)
         k = k or cfg.query.k
         path = os.fspath(image)
-        key = self._cache_key("similar", os.path.abspath(path), _stamp(Path(path)), k, by)
+        key = self._cache_key("similar", os.path.abspath(path), _stamp(Path(path)), k, by,
+                              filters)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
         with self._open(read_only=True) as store, _query_memory(cfg):
             vectors = VectorIndex(store, mmap=True, memory_mb=cfg.query.memory_mb)
-            result = similar(store, vectors, path, k=k, by=by, cfg=cfg, device=cfg.device)
+            allowed = _allowed(store, filters)
+            result = similar(store, vectors, path, k=k, by=by, cfg=cfg, device=cfg.device,
+                             allowed=allowed)
         self.cache.put(key, result)
         return result
 
     def duplicates(self, *, by: str = "tiered", threshold: float | None = None,
                    device: str | None = None, keep: str | None = None,
-                   tiers: str | None = None) -> "DuplicatesResult":
+                   tiers: str | None = None, filters: "Filters | None" = None
+                   ) -> "DuplicatesResult":
         """Groups of duplicates, each around a keeper; every two files of a group are
         within the thresholds (complete linkage). ``by="tiered"``: exact, near (any
         orientation), edited copy and, when ``tiers`` names it, similar."""
@@ -176,21 +187,23 @@ class AliceIndex:
         from .search.vectors import VectorIndex
 
         cfg = self.config.with_overrides(device=device)
-        key = self._cache_key("duplicates", by, threshold, cfg.device, keep, tiers)
+        key = self._cache_key("duplicates", by, threshold, cfg.device, keep, tiers, filters)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
         with self._open(read_only=True) as store, _query_memory(cfg):
             vectors = VectorIndex(store, mmap=True, memory_mb=cfg.query.memory_mb)
             result = duplicates(store, vectors, by=by, threshold=threshold, cfg=cfg,
-                                device=cfg.device, keep=keep, tiers=tiers)
+                                device=cfg.device, keep=keep, tiers=tiers,
+                                allowed=_allowed(store, filters))
         self.cache.put(key, result)
         return result
 
     def move_duplicates(self, move_to: str | os.PathLike[str], *, dry_run: bool = False,
                         by: str = "tiered", threshold: float | None = None,
                         tiers: str | None = None, keep: str | None = None,
-                        act_on: str | None = None, device: str | None = None
+                        act_on: str | None = None, device: str | None = None,
+                        filters: "Filters | None" = None
                         ) -> tuple["DuplicatesResult", "MoveReport"]:
         """Move every non-keeper of the tiers in ``act_on`` (default ``query.act_on``) to
         ``move_to``, keeping its path relative to its indexed root, with a journal for
@@ -209,7 +222,7 @@ class AliceIndex:
                     log.warning("finishing the moves of %s, which a run left open", journal)
                     mover.resume(journal, report)
         result = self.duplicates(by=by, threshold=threshold, device=device, keep=keep,
-                                 tiers=tiers)
+                                 tiers=tiers, filters=filters)
         with self._open(read_only=dry_run) as store:
             plan = plan_moves(result.groups, dest, store.index_roots(), acting)
             report.planned = plan
@@ -254,11 +267,66 @@ class AliceIndex:
                         {"by": by, "threshold": dup.threshold},
                         {"by": similar_by, "depth": MAP_DEPTH})
 
+    def find(self, filters: "Filters | None" = None, *, limit: int | None = None
+             ) -> list[dict[str, Any]]:
+        """The files matching ``filters`` (every file when none), by path: what made
+        them, when, their tags and hashes. Needs no model (no torch)."""
+        from .store.filters import Filters
+
+        with self._open(read_only=True) as store:
+            return store.find(filters or Filters(), limit)
+
+    def show(self, path: str | os.PathLike[str]) -> dict[str, Any]:
+        """One file's whole record; a file not in the index is an error."""
+        from .discover import normalize_path
+        from .errors import QueryError
+
+        key = normalize_path(os.path.expanduser(os.fspath(path)))
+        with self._open(read_only=True) as store:
+            row = store.record(key)
+        if row is None:
+            raise QueryError(f"{path} is not in the index (run `alice-gpu index` on its folder)")
+        return row
+
+    def tag(self, tag: str, *, add: bool = True, paths: Iterable[str | os.PathLike[str]] = (),
+            filters: "Filters | None" = None) -> int:
+        """Add (or remove) ``tag`` on the files among ``paths`` (files or folders; none:
+        every file) that match ``filters``, in one statement. Returns how many changed."""
+        from .discover import normalize_path
+        from .errors import QueryError
+        from .store.filters import Filters
+
+        tag = tag.strip()
+        if not tag or len(tag) > 200 or any(c in tag for c in "\n\r\t"):
+            raise QueryError("a tag is 1 to 200 characters on one line")
+        files, folders = [], []
+        for p in paths:
+            key = normalize_path(os.path.expanduser(os.fspath(p)))
+            (folders if os.path.isdir(key) else files).append(key)
+        with self._open(read_only=False) as store:
+            return store.update_tags(tag, add, filters or Filters(), files, folders)
+
+    def tags(self) -> list[tuple[str, int]]:
+        with self._open(read_only=True) as store:
+            return store.tag_counts()
+
+    def auto_tag(self) -> int:
+        """Tag every file from its metadata: source:<generator>, model:<name>, camera:<model>."""
+        with self._open(read_only=False) as store:
+            return store.auto_tags()
+
     def stats(self) -> dict[str, Any]:
         with self._open(read_only=True) as store:
             out = store.stats()
         out["db"] = str(self.folder)
         return out
+
+
+def _allowed(store: Store, filters: "Filters | None") -> "Any":
+    """The ids a query may answer with (None: all of them)."""
+    if filters is None or filters.empty():
+        return None
+    return store.ids_matching(filters)
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import typer
 
@@ -89,6 +89,35 @@ DEVICE = typer.Option(None, "--device", parser=_device, metavar="[auto|cpu|cuda|
 
 
 # ------------------------------------------------------------------ helpers
+
+# the find filters, shared by find, tag, similar and duplicates
+F_TAG = typer.Option(None, "--tag", help="Only files with this tag (repeat: all of them).")
+F_SOURCE = typer.Option(None, "--source", help="Only files from this generator: a1111, "
+                        "comfyui, invokeai, novelai, fooocus, swarmui, stability-matrix, "
+                        "tensorart, civitai, drawthings, midjourney, c2pa, none.")
+F_PROMPT = typer.Option(None, "--prompt", help="Only files whose prompt has all these words "
+                        "(case-insensitive).")
+F_CAMERA = typer.Option(None, "--camera", help="Only photos from a camera whose make or model "
+                        "contains this text.")
+F_SINCE = typer.Option(None, "--since", metavar="DATE", help="Only files taken (or, without a "
+                       "date taken, modified) on or after DATE (YYYY-MM-DD).")
+F_UNTIL = typer.Option(None, "--until", metavar="DATE", help="... on or before DATE.")
+F_IN = typer.Option(None, "--in", metavar="FOLDER", help="Only files under FOLDER.")
+F_FORMAT = typer.Option(None, "--format", help="Only files of this format (jpeg, png, heic, "
+                        "avif, webp, ...).")
+
+
+def _filters(tag, source, prompt, camera, since, until, folder, fmt):
+    from .store.filters import Filters, format_name, source_name
+
+    f = Filters(tuple(tag or ()), source, prompt, camera, since, until,
+                None if folder is None else str(folder), fmt)
+    if f.source:
+        _run(source_name, f.source)          # a bad name: exit 2 before the index is opened
+    if f.format:
+        _run(format_name, f.format)
+    return f
+
 
 def show_path(path: str) -> str:
     """A path safe to print: undecodable bytes and control characters escaped."""
@@ -304,11 +333,17 @@ def similar(
     by: str = typer.Option("embedding", "--by", **_choice("--by", QUERY_KINDS),
                            help="What makes two images alike."),
     device: Optional[str] = DEVICE,
+    tag: Optional[List[str]] = F_TAG, source: Optional[str] = F_SOURCE,
+    prompt: Optional[str] = F_PROMPT, camera: Optional[str] = F_CAMERA,
+    since: Optional[str] = F_SINCE, until: Optional[str] = F_UNTIL,
+    folder: Optional[Path] = F_IN, fmt: Optional[str] = F_FORMAT,
     db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
 ) -> int:
-    """Top-k look-alikes of one image, best first."""
+    """Top-k look-alikes of one image, best first (among the files the filters keep)."""
+    filters = _filters(tag, source, prompt, camera, since, until, folder, fmt)
     api = _run(_open, db, config)
-    result = _run(api.similar, str(image), k=k, by=by, device=device)
+    result = _run(api.similar, str(image), k=k, by=by, device=device,
+                  filters=None if filters.empty() else filters)
     if json_out:
         _emit_json(result.to_dict())
         return EXIT_OK
@@ -362,6 +397,10 @@ def duplicates(
     html: Optional[Path] = typer.Option(
         None, "--html", metavar="FILE", help="Also write one self-contained HTML page with "
         "the groups and their thumbnails."),
+    tag: Optional[List[str]] = F_TAG, source: Optional[str] = F_SOURCE,
+    prompt: Optional[str] = F_PROMPT, camera: Optional[str] = F_CAMERA,
+    since: Optional[str] = F_SINCE, until: Optional[str] = F_UNTIL,
+    folder: Optional[Path] = F_IN, fmt: Optional[str] = F_FORMAT,
     config: Optional[Path] = CONFIG,
 ) -> int:
     """Groups of duplicates, largest first, each with the file to keep and why.
@@ -389,15 +428,17 @@ def duplicates(
         _run(check_tiers, act_on, "--act-on tier")
     if dry_run and move_to is None:
         raise typer.BadParameter("--dry-run goes with --move-to DIR", param_hint="'--dry-run'")
+    filters = _filters(tag, source, prompt, camera, since, until, folder, fmt)
+    filters = None if filters.empty() else filters
     api = _run(_open, db, config)
     report = None
     if move_to is not None:
         result, report = _run(api.move_duplicates, move_to, dry_run=dry_run, by=by,
                               threshold=threshold, tiers=tiers, keep=keep, act_on=act_on,
-                              device=device)
+                              device=device, filters=filters)
     else:
         result = _run(api.duplicates, by=by, threshold=threshold, device=device, keep=keep,
-                      tiers=tiers)
+                      tiers=tiers, filters=filters)
     if html is not None:
         from .actions.report import write_html
 
@@ -534,6 +575,160 @@ def evaluate(
                       "-" if q["ns_score"] is None else f"{q['ns_score']:.2f}",
                       "-" if q["map"] is None else f"{q['map']:.3f}")
     _console().print(table)
+    return EXIT_OK
+
+
+def _hex(value) -> str | None:
+    return None if value is None else f"{int(value) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+def _find_doc(row: dict) -> dict:
+    """A find result as scripts get it: hashes in imagehash's hex, dates as ISO text."""
+    from .config import HASH_NAMES
+
+    camera = " ".join(x for x in (row.get("camera_make"), row.get("camera_model")) if x) or None
+    doc = {"path": row["path"], "ai_source": row.get("ai_source"), "prompt": row.get("prompt"),
+           "tags": row.get("tags", []),
+           "taken_at": row["taken_at"].isoformat() if row.get("taken_at") else None,
+           "camera": camera, **{h: _hex(row.get(h)) for h in HASH_NAMES},
+           "id": row["id"], "status": row["status"], "format": row.get("format"),
+           "width": row.get("width"), "height": row.get("height"), "size": row.get("size"),
+           "ai_model": row.get("ai_model"), "seed": row.get("seed")}
+    return doc
+
+
+@app.command()
+def find(
+    tag: Optional[List[str]] = F_TAG, source: Optional[str] = F_SOURCE,
+    prompt: Optional[str] = F_PROMPT, camera: Optional[str] = F_CAMERA,
+    since: Optional[str] = F_SINCE, until: Optional[str] = F_UNTIL,
+    folder: Optional[Path] = F_IN, fmt: Optional[str] = F_FORMAT,
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="At most this many."),
+    db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
+) -> int:
+    """Files by what made them, when, where and their tags (every file without filters)."""
+    filters = _filters(tag, source, prompt, camera, since, until, folder, fmt)
+    api = _run(_open, db, config)
+    rows = _run(api.find, filters, limit=limit)
+    if json_out:
+        _emit_json({"results": [_find_doc(r) for r in rows]})
+        return EXIT_OK
+    out = []
+    for r in rows:
+        what = r.get("ai_source") if r.get("ai_source") not in (None, "none") else (
+            " ".join(x for x in (r.get("camera_make"), r.get("camera_model")) if x) or "-")
+        prompt_text = (r.get("prompt") or "").replace("\n", " ")
+        line = f"{show_path(r['path'])}\t{what}"
+        if prompt_text:
+            line += f"\t{prompt_text[:80]}"
+        if r["tags"]:
+            line += f"\t[{', '.join(r['tags'])}]"
+        out.append(line)
+    sys.stdout.write("\n".join(out) + ("\n" if out else ""))
+    _say(f"{len(rows)} files")
+    return EXIT_OK
+
+
+@app.command()
+def show(
+    path: Path = typer.Argument(..., metavar="PATH", help="A file in the index."),
+    db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
+) -> int:
+    """Everything the index knows about one file."""
+    api = _run(_open, db, config)
+    row = _run(api.show, path)
+    from .config import HASH_NAMES
+
+    doc = {k: (_hex(v) if k in HASH_NAMES else v) for k, v in row.items()}
+    doc["phash_orient"] = [_hex(v) for v in row.get("phash_orient") or []]
+    if json_out:
+        _emit_json(doc)
+        return EXIT_OK
+    lines = []
+    for key, value in doc.items():
+        if value in (None, [], "") or key in ("ai_meta", "phash_orient"):
+            continue
+        text = str(value).replace("\n", " ")
+        lines.append(f"{key:16s} {text[:300] if key != 'path' else show_path(text)}")
+    if doc.get("ai_meta"):
+        lines.append(f"{'ai_meta':16s} {', '.join(doc['ai_meta'])} (--json for the blocks)")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return EXIT_OK
+
+
+tag_app = typer.Typer(help="Tags: add, remove, list, or derive them from metadata.",
+                      no_args_is_help=True)
+app.add_typer(tag_app, name="tag")
+
+
+def _tag(add: bool, tag: str, paths, filters, db, config, json_out) -> int:
+    if not paths and filters.empty():
+        raise typer.BadParameter("name files or folders, or filters (e.g. --source comfyui); "
+                                 "to tag every file use --in /", param_hint="PATH")
+    api = _run(_open, db, config)
+    n = _run(api.tag, tag, add=add, paths=[str(p) for p in paths or ()], filters=filters)
+    if json_out:
+        _emit_json({"tag": tag, "added" if add else "removed": n})
+    else:
+        sys.stdout.write(f"{'tagged' if add else 'untagged'} {n} files {tag!r}\n")
+    return EXIT_OK
+
+
+@tag_app.command("add")
+def tag_add(
+    tag_name: str = typer.Argument(..., metavar="TAG"),
+    paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH...",
+                                                 help="Files or folders in the index."),
+    tag: Optional[List[str]] = F_TAG, source: Optional[str] = F_SOURCE,
+    prompt: Optional[str] = F_PROMPT, camera: Optional[str] = F_CAMERA,
+    since: Optional[str] = F_SINCE, until: Optional[str] = F_UNTIL,
+    folder: Optional[Path] = F_IN, fmt: Optional[str] = F_FORMAT,
+    db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
+) -> int:
+    """Add TAG to files (and folders' files) that match the filters, in one batch."""
+    return _tag(True, tag_name, paths, _filters(tag, source, prompt, camera, since, until,
+                                                folder, fmt), db, config, json_out)
+
+
+@tag_app.command("remove")
+def tag_remove(
+    tag_name: str = typer.Argument(..., metavar="TAG"),
+    paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH...",
+                                                 help="Files or folders in the index."),
+    tag: Optional[List[str]] = F_TAG, source: Optional[str] = F_SOURCE,
+    prompt: Optional[str] = F_PROMPT, camera: Optional[str] = F_CAMERA,
+    since: Optional[str] = F_SINCE, until: Optional[str] = F_UNTIL,
+    folder: Optional[Path] = F_IN, fmt: Optional[str] = F_FORMAT,
+    db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
+) -> int:
+    """Remove TAG from files (and folders' files) that match the filters, in one batch."""
+    return _tag(False, tag_name, paths, _filters(tag, source, prompt, camera, since, until,
+                                                 folder, fmt), db, config, json_out)
+
+
+@tag_app.command("list")
+def tag_list(db: Optional[Path] = DB, json_out: bool = JSON,
+             config: Optional[Path] = CONFIG) -> int:
+    """Every tag with how many files carry it."""
+    api = _run(_open, db, config)
+    counts = _run(api.tags)
+    if json_out:
+        _emit_json({"tags": [{"tag": t, "files": n} for t, n in counts]})
+    else:
+        sys.stdout.write("".join(f"{n:8d}  {t}\n" for t, n in counts))
+    return EXIT_OK
+
+
+@tag_app.command("auto")
+def tag_auto(db: Optional[Path] = DB, json_out: bool = JSON,
+             config: Optional[Path] = CONFIG) -> int:
+    """Tag every file from its metadata: source:<generator>, model:<name>, camera:<model>."""
+    api = _run(_open, db, config)
+    n = _run(api.auto_tag)
+    if json_out:
+        _emit_json({"added": n})
+    else:
+        sys.stdout.write(f"added {n} tags\n")
     return EXIT_OK
 
 

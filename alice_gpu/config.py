@@ -146,12 +146,26 @@ class QueryConfig:
 
 
 @dataclass(frozen=True)
+class MetadataConfig:
+    """What is kept of each file's own metadata (read in the decode workers)."""
+
+    extract: bool = True          # EXIF, dates, cameras, AI generation data
+    gps: bool = True              # false: GPS positions are never stored
+    auto_tags: bool = False       # tag files source:<generator>, model:<name>, camera:<model>
+
+    def validate(self) -> None:
+        for name in ("extract", "gps", "auto_tags"):
+            _check(isinstance(getattr(self, name), bool), f"metadata.{name} must be true or false")
+
+
+@dataclass(frozen=True)
 class Config:
     device: str = "auto"
     performance: PerformanceConfig = field(default_factory=PerformanceConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     query: QueryConfig = field(default_factory=QueryConfig)
+    metadata: MetadataConfig = field(default_factory=MetadataConfig)
 
     def validate(self) -> "Config":
         _check(self.device in ("auto", "cpu", "cuda")

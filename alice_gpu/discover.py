@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 MEDIA_EXTENSIONS = frozenset({
     ".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".apng", ".gif", ".webp", ".bmp", ".dib",
-    ".tif", ".tiff", ".mpo", ".avif", ".heic", ".heif", ".ppm", ".pgm", ".pbm", ".tga", ".ico",
+    ".tif", ".tiff", ".mpo", ".avif", ".avifs", ".heic", ".heics", ".heif", ".heifs", ".hif",
+    ".ppm", ".pgm", ".pbm", ".tga", ".ico",
 })
 
 # leading bytes of the formats we decode; used for files with no/unknown extension
@@ -30,7 +31,9 @@ _MAGIC: tuple[tuple[int, bytes], ...] = (
     (0, b"BM"),                      # BMP
     (0, b"II*\x00"), (0, b"MM\x00*"),  # TIFF
     (8, b"WEBP"),                    # RIFF....WEBP
-    (4, b"ftypavif"), (4, b"ftypheic"), (4, b"ftypmif1"),
+    # ISO-BMFF brands of AVIF and HEIF (phones: heic/heix, cameras' .hif: heix/hevc, bursts)
+    (4, b"ftypavif"), (4, b"ftypavis"), (4, b"ftypheic"), (4, b"ftypheix"), (4, b"ftyphevc"),
+    (4, b"ftyphevx"), (4, b"ftypheim"), (4, b"ftypheis"), (4, b"ftypmif1"), (4, b"ftypmsf1"),
 )
 
 

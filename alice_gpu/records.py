@@ -66,13 +66,14 @@ class Decoded:
     hashes: dict[str, int] | None = None       # filled when hashed in the worker
     raw: bytes | None = None                   # JPEG bytes for the GPU decoder
     orientation: int = 1
+    meta: dict | None = None                   # decode.metadata.extract: EXIF, generation data
 
     def __reduce__(self):
         # every file comes back from a worker as one of these: a plain tuple pickles
         # faster than a slots dataclass's default state (fields() per object)
         return Decoded, (self.path, self.size, self.mtime_ns, self.status, self.error,
                          self.width, self.height, self.format, self.pixels,
-                         self.content_hash, self.hashes, self.raw, self.orientation)
+                         self.content_hash, self.hashes, self.raw, self.orientation, self.meta)
 
     @classmethod
     def failed(cls, entry: FileEntry, reason: str) -> "Decoded":
@@ -95,6 +96,7 @@ class AssetRecord:
     embedding: np.ndarray | None = None
     id: int | None = None
     content_hash: str | None = None
+    meta: dict | None = None
 
     @classmethod
     def of(cls, d: Decoded, hashes: dict[str, int] | None = None,
@@ -103,7 +105,7 @@ class AssetRecord:
         if error is not None or d.status != STATUS_OK:
             return cls(path=d.path, size=d.size, mtime_ns=d.mtime_ns, status=STATUS_FAILED,
                        error=error or d.error, width=d.width, height=d.height,
-                       format=d.format, content_hash=d.content_hash)
+                       format=d.format, content_hash=d.content_hash, meta=d.meta)
         return cls(path=d.path, size=d.size, mtime_ns=d.mtime_ns, status=STATUS_OK,
                    width=d.width, height=d.height, format=d.format, hashes=hashes or {},
-                   embedding=embedding, content_hash=d.content_hash)
+                   embedding=embedding, content_hash=d.content_hash, meta=d.meta)

@@ -178,7 +178,7 @@ def test_schema_1_is_migrated_with_a_backup(tmp_path):
     with pytest.raises(Exception, match="run `alice-gpu index` once"):
         Store(folder, model="test", dim=4, read_only=True)
     with Store(folder, model="test", dim=4) as store:
-        assert stored_version(store.con) == SCHEMA_VERSION == 5
+        assert stored_version(store.con) == SCHEMA_VERSION
         cols = {r[0] for r in store.con.execute("DESCRIBE assets").fetchall()}
         assert "content_hash" in cols
     assert (folder / f"{DB_FILE}.v1.bak").exists()
@@ -252,6 +252,35 @@ def test_schema_4_gains_orientation_hashes_filled_by_the_next_index_run(tmp_path
     assert summary.decoded == 3
     with Store(tmp_path / "db", model="efficientnet_lite0", dim=1280, read_only=True) as store:
         assert len(store.oriented_phashes()[0]) == 3
+    assert api.index([media], embed=False).decoded == 0
+
+
+def test_schema_5_gains_metadata_and_tags_read_by_the_next_index_run(tmp_path):
+    """Schema 5 had no metadata columns and no tags: the migration adds them, and the
+    next index run reads the metadata of the files already indexed, once."""
+    from alice_gpu import open_index
+    from conftest import shared
+
+    media = tmp_path / "m"
+    media.mkdir()
+    pug = shared("modern_formats") / "heic" / "pug.heic"
+    (media / "pug.heic").write_bytes(pug.read_bytes())
+    api = open_index(tmp_path / "db")
+    api.index([media], embed=False)
+    con = duckdb.connect(str(tmp_path / "db" / DB_FILE))
+    from alice_gpu.store.schema import META_TYPES
+    for col in META_TYPES:
+        con.execute(f"ALTER TABLE assets DROP COLUMN {col}")
+    con.execute("DROP TABLE tags")
+    con.execute("UPDATE meta SET value = '5' WHERE key = 'schema_version'")
+    con.close()
+    with Store(tmp_path / "db", model="efficientnet_lite0", dim=1280) as store:
+        assert stored_version(store.con) == SCHEMA_VERSION
+        assert store.tag_counts() == []
+        assert store.record(str(media / "pug.heic"))["camera_model"] is None
+    assert (tmp_path / "db" / f"{DB_FILE}.v5.bak").exists()
+    assert api.index([media], embed=False).decoded == 1           # read again, once
+    assert api.show(media / "pug.heic")["camera_model"] == "iPhone 13 Pro"
     assert api.index([media], embed=False).decoded == 0
 
 

@@ -19,7 +19,9 @@ from PIL import Image
 from ..errors import reason
 from ..records import STATUS_FAILED, STATUS_OK, STATUS_RAW, STATUS_SAME, Decoded, FileEntry
 from . import blocks, jpeg
-from .pillow import finish, open_image, oriented, shrink
+from .metadata import extract, frame_count
+from .pillow import (SELF_ORIENTING, clean_aperture, finish, open_image, openable, oriented,
+                     shrink)
 
 Known = Mapping[int, frozenset[str]]   # file size → content hashes of indexed files
 _NOTHING: frozenset[str] = frozenset()
@@ -36,6 +38,8 @@ class DecodePlan:
     gpu_decode: bool = False   # JPEG bytes are handed over; nvJPEG decodes them on the device
     draft_size: int | None = None   # JPEG DCT scale floor; None: the working size
     block_means: bool = False       # luma: JPEGs in range estimated from 1/8-scale block means
+    metadata: bool = True           # EXIF, generation data (decode.metadata), from the same bytes
+    gps: bool = True                # keep EXIF GPS positions (metadata.gps: false drops them)
 
     @property
     def bytes_per_item(self) -> int:
@@ -66,6 +70,7 @@ def decode_file(entry: FileEntry, plan: DecodePlan, known: frozenset[str] = _NOT
     scale and the working image is estimated from those block means (:mod:`.blocks`).
     """
     out = Decoded(entry.path, entry.size, entry.mtime_ns, STATUS_FAILED)
+    data = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -75,8 +80,50 @@ def decode_file(entry: FileEntry, plan: DecodePlan, known: frozenset[str] = _NOT
                 return out
             out.status = _decode_bytes(data, plan, out)
     except Exception as exc:  # bad input is data: any failure becomes a record
-        out.status, out.error, out.pixels = STATUS_FAILED, reason(exc), None
+        out.status, out.error, out.pixels = STATUS_FAILED, failure_reason(exc, data), None
     return out
+
+
+# leading bytes of formats people keep beside their pictures, named in the reason
+_OTHER_FORMATS = ((0, b"%PDF", "PDF"), (0, b"%!PS", "PostScript"), (0, b"8BPS", "Photoshop PSD"),
+                  (0, b"<svg", "SVG"), (0, b"<?xml", "XML/SVG"), (4, b"ftypisom", "MP4 video"),
+                  (4, b"ftypmp4", "MP4 video"), (4, b"ftypqt", "QuickTime video"),
+                  (8, b"AVI ", "AVI video"), (0, b"PK\x03\x04", "ZIP"),
+                  (0, b"\x00\x00\x01\x00", "ICO"), (0, b"gimp xcf", "GIMP XCF"),
+                  (4, b"ftypcrx", "Canon CR3 raw"), (0, b"FUJIFILMCCD-RAW", "Fuji RAF raw"))
+_HEIF_BRANDS = (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1",
+                b"avif", b"avis")
+
+
+def failure_reason(exc: BaseException, data: bytes | None) -> str:
+    """A reason a person understands for a file that did not decode: what the file is,
+    and what is wrong with it, never an object's repr."""
+    from PIL import UnidentifiedImageError
+
+    data = data or b""
+    text = str(exc)
+    if isinstance(exc, UnidentifiedImageError):
+        if not data:
+            return "empty file (0 bytes)"
+        if data[4:8] == b"ftyp" and data[8:12] in _HEIF_BRANDS:
+            kind = "AVIF" if data[8:12] in (b"avif", b"avis") else "HEIF"
+            if kind == "HEIF" and "HEIF" not in openable():
+                return "HEIF image, but pillow-heif is not installed (pip install pillow-heif)"
+            return f"{kind} image that cannot be read (corrupt, or a variant its decoder lacks)"
+        for off, magic, name in _OTHER_FORMATS:
+            if data[off:off + len(magic)] == magic:
+                return f"format {name} not supported"
+        return "not an image format alice-gpu reads (unknown content)"
+    if isinstance(exc, OSError) and "truncated" in text.lower():
+        fmt = next((name for off, magic, name in _KNOWN_MAGIC if data[off:off + len(magic)]
+                    == magic), "image")
+        return f"{fmt} truncated ({text.strip().splitlines()[0]})"[:300]
+    return reason(exc)
+
+
+_KNOWN_MAGIC = ((0, b"\xff\xd8\xff", "JPEG image"), (0, b"\x89PNG", "PNG image"),
+                (0, b"GIF8", "GIF image"), (8, b"WEBP", "WebP image"),
+                (4, b"ftypavif", "AVIF image"), (4, b"ftyp", "HEIF image"))
 
 
 def decode_path(path: str, working_size: int) -> Decoded:
@@ -112,11 +159,19 @@ def _decode_bytes(data: bytes, plan: DecodePlan, out: Decoded) -> str:
             out.format = "JPEG"
             out.width, out.height = oriented(info.width, info.height, info.orientation)
             out.pixels = pixels
+            if plan.metadata:
+                out.meta = {**extract(data, gps=plan.gps), "mode": info.mode, "frames": 1}
             return STATUS_OK
     draft = plan.draft_size or plan.working_size
     with open_image(data) as im:
         out.format = im.format
-        orientation = im.getexif().get(0x0112, 1)
+        if plan.metadata:
+            out.meta = _metadata(data, im, plan)
+        # AVIF and HEIF decoders apply the container's rotation and mirror themselves
+        orientation = 1 if im.format in SELF_ORIENTING else im.getexif().get(0x0112, 1)
+        crop = clean_aperture(data, *im.size) if im.format == "AVIF" else None
+        if crop is not None:
+            im = im.crop(crop)
         out.width, out.height = oriented(*im.size, orientation)
         if plan.gpu_decode and im.format == "JPEG" and im.mode in ("RGB", "L"):
             out.raw, out.orientation = data, int(orientation or 1)
@@ -127,6 +182,23 @@ def _decode_bytes(data: bytes, plan: DecodePlan, out: Decoded) -> str:
         im.seek(0)
         out.pixels = finish(shrink(im, draft), orientation, plan.mode, plan.working_size)
     return STATUS_OK
+
+
+def _metadata(data: bytes, im, plan: DecodePlan) -> dict:
+    """The file's metadata, before its pixels are touched (the alpha plane, for hidden
+    parameters, is read only when nothing else was found)."""
+    walked = im.format in ("PNG", "JPEG", "MPO", "WEBP")        # their blocks are walked raw
+
+    def alpha():
+        return im.getchannel("A") if im.format == "PNG" and "A" in im.getbands() else None
+
+    meta = extract(data, None if walked else im.info, gps=plan.gps, alpha=alpha)
+    meta["mode"] = im.mode
+    frames = frame_count(data)
+    if frames is None:     # containers that list their frames (HEIF, AVIF, TIFF, MPO): cheap
+        frames = int(getattr(im, "n_frames", 1) or 1)
+    meta["frames"] = frames
+    return meta
 
 
 def _plain_jpeg(data: bytes, info: jpeg.JpegInfo, plan: DecodePlan) -> np.ndarray | None:

@@ -9,15 +9,21 @@ near one decoded frame.
 from __future__ import annotations
 
 import io
+import logging
+import struct
 from functools import lru_cache
 
 import numpy as np
 from PIL import Image, ImageFile
 
 # Formats we open; everything else (EPS/Ghostscript, PDF, ...) is refused unopened.
-ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "AVIF", "PPM",
-                   "TGA", "ICO")
+ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "DIB", "TIFF", "AVIF", "HEIF",
+                   "PPM", "TGA", "ICO")
+# containers whose decoder applies their own rotation and mirror (irot, imir): the EXIF
+# orientation they also report must not be applied a second time
+SELF_ORIENTING = frozenset({"AVIF", "HEIF"})
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+log = logging.getLogger(__name__)
 
 ORIENT_SWAPS = {5, 6, 7, 8}
 # EXIF orientation → the transpose that shows the image upright (as ImageOps.exif_transpose)
@@ -35,15 +41,71 @@ def openable() -> tuple[str, ...]:
     """The allowlist minus plugins this Pillow lacks (AVIF is optional).
 
     Registering every plugin costs ~40 ms, so it happens on the first file that
-    needs Pillow (plain JPEGs do not), not when a command starts.
+    needs Pillow (plain JPEGs do not), not when a command starts. HEIF comes from
+    pillow-heif (a dependency; without it HEIF files fail with a reason that says so).
     """
     Image.init()
+    try:
+        from pillow_heif import register_heif_opener
+
+        register_heif_opener()
+    except ImportError:
+        log.warning("pillow-heif is not installed: HEIC/HEIF files will not be decoded")
     return tuple(f for f in ALLOWED_FORMATS if f in Image.OPEN)
 
 
 def open_image(data: bytes) -> Image.Image:
     """Pillow's view of the bytes, restricted to the allowlisted formats."""
     return Image.open(io.BytesIO(data), formats=openable())
+
+
+def _boxes(data: bytes, start: int, end: int):
+    """ISO-BMFF boxes between ``start`` and ``end``: (type, payload start, box end)."""
+    i = start
+    while i + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, i)
+        head = 8
+        if size == 1 and i + 16 <= end:
+            size, head = struct.unpack_from(">Q", data, i + 8)[0], 16
+        elif size == 0:
+            size = end - i
+        if size < head or i + size > end:
+            return
+        yield kind, i + head, i + size
+        i += size
+
+
+def clean_aperture(data: bytes, width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The crop box of an AVIF's ``clap`` property (HEIF 6.5.9), as a Pillow box, when the
+    file has one and no rotation or mirror (libavif, under Pillow, leaves it unapplied).
+    With a rotation or mirror too, the crop is not applied (logged): none seen so far."""
+    props: dict[bytes, bytes] = {}
+    for kind, body, end in _boxes(data, 0, min(len(data), 1 << 20)):
+        if kind != b"meta":
+            continue
+        for k2, b2, e2 in _boxes(data, body + 4, end):           # meta is a full box
+            if k2 != b"iprp":
+                continue
+            for k3, b3, e3 in _boxes(data, b2, e2):
+                if k3 == b"ipco":
+                    for k4, b4, e4 in _boxes(data, b3, e3):
+                        props.setdefault(k4, data[b4:e4])
+    clap = props.get(b"clap")
+    if clap is None or len(clap) < 32:
+        return None
+    if b"irot" in props or b"imir" in props:
+        log.info("AVIF with a crop and a rotation or mirror: the crop is not applied")
+        return None
+    wn, wd, hn, hd, xn, xd, yn, yd = struct.unpack(">IIIIiIiI", clap[:32])
+    if not (wd and hd and xd and yd):
+        return None
+    cw, ch = wn / wd, hn / hd
+    left = int(round(xn / xd + (width - cw) / 2.0 - 0.49))
+    top = int(round(yn / yd + (height - ch) / 2.0 - 0.49))
+    box = (left, top, left + int(cw), top + int(ch))
+    if box[0] < 0 or box[1] < 0 or box[2] > width or box[3] > height or cw < 1 or ch < 1:
+        return None
+    return box
 
 
 def oriented(width: int, height: int, orientation: object) -> tuple[int, int]:

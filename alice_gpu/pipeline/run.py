@@ -101,6 +101,13 @@ class Interrupted(Exception):
         self.summary = summary
 
 
+def need_meta(cfg: Config) -> int:
+    """The metadata version a stored row must have to count as done for this run."""
+    from ..decode.metadata import META_VERSION
+
+    return META_VERSION if cfg.metadata.extract else 0
+
+
 def decode_plan(cfg: Config, device: "torch.device | None") -> DecodePlan:
     """What the decode workers produce for this run's configuration and device."""
     embed = cfg.features.embed
@@ -110,13 +117,15 @@ def decode_plan(cfg: Config, device: "torch.device | None") -> DecodePlan:
         # (most JPEGs: estimated from their 1/8-scale block means)
         return DecodePlan(cfg.decode.hash_size, "L", hash_in_worker=parallel,
                           keep_pixels=not parallel, draft_size=2 * cfg.decode.hash_size,
-                          block_means=cfg.decode.block_means)
+                          block_means=cfg.decode.block_means,
+                          metadata=cfg.metadata.extract, gps=cfg.metadata.gps)
     from ..gpu.devices import hashes_in_workers
 
     gpu = cfg.decode.engine == "gpu"
     return DecodePlan(cfg.decode.working_size, "RGB",
                       hash_in_worker=hashes_in_workers(device, parallel) and not gpu,
-                      keep_pixels=True, gpu_decode=gpu)
+                      keep_pixels=True, gpu_decode=gpu, metadata=cfg.metadata.extract,
+                      gps=cfg.metadata.gps)
 
 
 def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Config,
@@ -178,9 +187,10 @@ class _IndexJob:
             self.cfg.performance.parallel_metadata_extraction) else 1
         with self.timer("discover"):
             found = discover(roots, self.store.known_state(require_embedding=embed,
+                                                           need_meta=need_meta(self.cfg),
                                                            retry_failed=retry_failed),
                              threads=threads)
-            self.known = known_contents(self.store, found.todo, embed)
+            self.known = known_contents(self.store, found.todo, embed, need_meta(self.cfg))
         self.summary.files_seen = found.files_seen
         self.summary.unchanged = len(found.unchanged)
         if self.progress:
@@ -371,7 +381,8 @@ class _IndexJob:
             return
         embed = self.cfg.features.embed
         stored = self.store.features_by_content({d.content_hash for d in same},
-                                                require_embedding=embed)
+                                                require_embedding=embed,
+                                                need_meta=need_meta(self.cfg))
         records = []
         for d in same:
             feats = stored.get(d.content_hash)
@@ -381,7 +392,7 @@ class _IndexJob:
                     path=d.path, size=d.size, mtime_ns=d.mtime_ns, status=STATUS_OK,
                     width=feats["width"], height=feats["height"], format=feats["format"],
                     hashes=feats["hashes"], embedding=feats["embedding"],
-                    content_hash=d.content_hash))
+                    content_hash=d.content_hash, meta=feats["meta"]))
             else:   # the original changed meanwhile: do it the slow way
                 entry = FileEntry(d.path, d.size, d.mtime_ns)
                 records += featuriser([decode_in_process(entry, featuriser.plan, None,
@@ -404,7 +415,7 @@ class _IndexJob:
                                             self.committed))
 
 
-def known_contents(store: Store, todo: list[FileEntry], embed: bool
+def known_contents(store: Store, todo: list[FileEntry], embed: bool, need: int = 0
                    ) -> dict[int, frozenset[str]]:
     """Content hashes of complete indexed files, by size, for the sizes about to be decoded.
 
@@ -414,7 +425,8 @@ def known_contents(store: Store, todo: list[FileEntry], embed: bool
     """
     if not todo or not store.has_assets():
         return {}
-    return store.contents_by_size({e.size for e in todo}, require_embedding=embed)
+    return store.contents_by_size({e.size for e in todo}, require_embedding=embed,
+                                  need_meta=need)
 
 
 class _InProcessGuard:

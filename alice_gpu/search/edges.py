@@ -79,6 +79,12 @@ class Edges:
         return Edges(self.a[mask], self.b[mask], self.tier[mask], self.score[mask],
                      self.dist[mask], self.orient[mask])
 
+    def within(self, ids: np.ndarray) -> "Edges":
+        """The pairs whose two files are both among ``ids``."""
+        mask = np.isin(self.a, ids) & np.isin(self.b, ids)
+        return Edges(self.a[mask], self.b[mask], self.tier[mask], self.score[mask],
+                     self.dist[mask], self.orient[mask])
+
     def closeness(self) -> np.ndarray:
         """One number per pair, higher is closer: the tier first, then the score."""
         return (len(TIERS) - self.tier.astype(np.float64)) * 10.0 + self.score

@@ -153,8 +153,9 @@ def computed_features(store: Store, path: str, by: str, cfg: Config, device: str
 
 
 def similar(store: Store, vectors: VectorIndex, path: str, *, k: int, by: str, cfg: Config,
-            device: str = "auto") -> SimilarResult:
-    """Top-k look-alikes of the image at ``path``, best first."""
+            device: str = "auto", allowed: np.ndarray | None = None) -> SimilarResult:
+    """Top-k look-alikes of the image at ``path``, best first; only ids in ``allowed``
+    (sorted) when given."""
     check_by(by)
     if k < 1:
         raise QueryError("--k must be >= 1")
@@ -163,12 +164,15 @@ def similar(store: Store, vectors: VectorIndex, path: str, *, k: int, by: str, c
     if not inside:
         feat = computed_features(store, path, by, cfg, device)
     if by == "embedding":
-        scores, ids = vectors.search(np.asarray(feat), k)
+        scores, ids = _filtered_search(vectors, np.asarray(feat), k, allowed)
         rows = store.assets_by_ids(ids)
         matches = [Match(rows[i]["path"], round(float(s), 6), int(i))
                    for s, i in zip(scores, ids) if int(i) in rows]
     else:
         all_ids, hashes = store.hashes(by)
+        if allowed is not None:                 # exact: the search runs on the allowed ones
+            keep = np.isin(all_ids, allowed)
+            all_ids, hashes = all_ids[keep], hashes[keep]
         gpu = kernel_device(device)
         dist, order = (hamming_topk(int(feat), hashes, k) if gpu is None
                        else cuda_hamming_topk(int(feat), hashes, k, gpu))
@@ -176,6 +180,22 @@ def similar(store: Store, vectors: VectorIndex, path: str, *, k: int, by: str, c
         matches = [Match(rows[int(i)]["path"], round(1.0 - int(d) / 64.0, 6), int(i), int(d))
                    for d, i in zip(dist, all_ids[order])]
     return SimilarResult(query=normalize_path(path), by=by, results=matches, query_in_index=inside)
+
+
+def _filtered_search(vectors: VectorIndex, query: np.ndarray, k: int,
+                     allowed: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k among the allowed ids: searched wider until k of them are found (or all)."""
+    if allowed is None:
+        return vectors.search(query, k)
+    if len(allowed) == 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    want, total = k, max(vectors.count(), 1)
+    while True:
+        scores, ids = vectors.search(query, want)
+        keep = np.isin(ids, allowed)
+        if keep.sum() >= k or want >= total:
+            return scores[keep][:k], ids[keep][:k]
+        want = min(total, want * 8)
 
 
 def check_tiers(text: str, what: str) -> list[str]:
@@ -189,7 +209,8 @@ def check_tiers(text: str, what: str) -> list[str]:
 
 def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float | None,
                cfg: Config, device: str = "auto", keep: str | None = None,
-               tiers: str | None = None) -> DuplicatesResult:
+               tiers: str | None = None, allowed: np.ndarray | None = None
+               ) -> DuplicatesResult:
     """Groups in which every two files are within the threshold, each around a keeper
     (:func:`~.groups.linked_groups`); largest group first.
 
@@ -217,6 +238,8 @@ def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float 
                if by == "embedding" else int(q.hash_threshold if threshold is None else threshold))
         edges = single_edges(store, vectors, by, thr, q, device)
         thresholds = {by: thr}
+    if allowed is not None:                     # both files of a pair must match the filters
+        edges = edges.within(allowed)
     rows: dict[int, dict] = {}
 
     def rank_of(nodes: np.ndarray) -> np.ndarray:

@@ -273,6 +273,10 @@ class VectorIndex:
             ivf.nprobe = max(1, min(probes, self.meta["nlist"]))
             ivf.parallel_mode = 1     # one query: its lists split across the cores (2x here)
 
+    def count(self) -> int:
+        """Vectors in the index."""
+        return int(self.load().ntotal)
+
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-k by cosine: (scores, ids) for one (dim,) query, best first."""
         index = self.load()

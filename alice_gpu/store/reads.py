@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import duckdb
 import numpy as np
@@ -17,7 +17,10 @@ from ..config import HASH_NAMES as HASHES
 from ..records import ORIENT_KEYS
 from . import codec
 from .paths import from_db, to_db
-from .schema import ASSET_COLUMNS, first
+from .schema import ASSET_COLUMNS, META_COLUMNS, first
+
+if TYPE_CHECKING:
+    from .filters import Filters
 
 
 class Reads:
@@ -28,14 +31,17 @@ class Reads:
     model: str
     dim: int
 
-    def known_state(self, require_embedding: bool, retry_failed: bool = False
-                    ) -> dict[str, tuple[int, int]]:
+    def known_state(self, require_embedding: bool, retry_failed: bool = False,
+                    need_meta: int = 0) -> dict[str, tuple[int, int]]:
         """(size, mtime_ns) of every stored path whose work is complete for this run.
 
         Failed files count as complete (they would fail again) unless ``retry_failed``.
+        ``need_meta``: rows whose metadata was read by an older extractor are not complete.
         """
         sql = "SELECT a.path, a.size, a.mtime_ns FROM assets a"
         ok = "a.status = 'ok' AND a.phash_orient IS NOT NULL"   # schema < 5 rows: re-hash
+        if need_meta:
+            ok += f" AND coalesce(a.meta_version, 0) >= {int(need_meta)}"
         if require_embedding:
             sql += " LEFT JOIN embeddings e ON e.asset_id = a.id"
             ok += " AND e.asset_id IS NOT NULL"
@@ -53,7 +59,7 @@ class Reads:
         return bool(self.con.execute("SELECT count(*) FROM (SELECT 1 FROM assets LIMIT 1)"
                                      ).fetchall()[0][0])
 
-    def contents_by_size(self, sizes: set[int], require_embedding: bool
+    def contents_by_size(self, sizes: set[int], require_embedding: bool, need_meta: int = 0
                          ) -> dict[int, frozenset[str]]:
         """Content hashes of complete assets whose size is in ``sizes``, by size."""
         if not sizes:
@@ -65,7 +71,8 @@ class Reads:
             if require_embedding:
                 sql += " JOIN embeddings e ON e.asset_id = a.id"
             sql += (" WHERE a.status = 'ok' AND a.content_hash IS NOT NULL"
-                    " AND a.phash_orient IS NOT NULL")
+                    " AND a.phash_orient IS NOT NULL"
+                    f" AND coalesce(a.meta_version, 0) >= {int(need_meta)}")
             rows = self.con.execute(sql).fetchall()
         finally:
             self.con.unregister("_sz")
@@ -74,8 +81,8 @@ class Reads:
             out.setdefault(int(size), set()).add(digest)
         return {k: frozenset(v) for k, v in out.items()}
 
-    def features_by_content(self, content_hashes: Iterable[str], require_embedding: bool
-                            ) -> dict[str, dict[str, Any]]:
+    def features_by_content(self, content_hashes: Iterable[str], require_embedding: bool,
+                            need_meta: int = 0) -> dict[str, dict[str, Any]]:
         """Complete features of assets with these content hashes (one asset per hash)."""
         keys = sorted(set(content_hashes))
         if not keys:
@@ -86,21 +93,27 @@ class Reads:
             join = "JOIN" if require_embedding else "LEFT JOIN"
             rows = self.con.execute(
                 f"SELECT a.content_hash, a.width, a.height, a.format, "
-                f"{', '.join('a.' + h for h in HASHES)}, a.phash_orient, e.scale, e.vector "
+                f"{', '.join('a.' + h for h in HASHES)}, a.phash_orient, "
+                f"{', '.join('a.' + m for m in META_COLUMNS)}, e.scale, e.vector "
                 f"FROM assets a JOIN _ch USING (content_hash) "
                 f"{join} embeddings e ON e.asset_id = a.id "
-                f"WHERE a.status = 'ok' AND a.phash_orient IS NOT NULL ORDER BY a.id").fetchall()
+                f"WHERE a.status = 'ok' AND a.phash_orient IS NOT NULL "
+                f"AND coalesce(a.meta_version, 0) >= {int(need_meta)} ORDER BY a.id").fetchall()
         finally:
             self.con.unregister("_ch")
         out: dict[str, dict[str, Any]] = {}
         for row in rows:
-            ch, w, h, fmt, *hashes, oriented, scale, vec = row
+            ch, w, h, fmt, *rest, scale, vec = row
+            hashes, oriented = rest[:len(HASHES)], rest[len(HASHES)]
+            meta = dict(zip(META_COLUMNS, rest[len(HASHES) + 1:]))
+            if meta.get("taken_at") is not None:
+                meta["taken_at"] = meta["taken_at"].isoformat()
             emb = None if vec is None else codec.decode(np.asarray([vec], np.int8),
                                                           np.asarray([scale], np.float32))[0]
             out.setdefault(ch, {"width": w, "height": h, "format": fmt,
                                 "hashes": {**dict(zip(HASHES, (int(x) for x in hashes))),
                                            **dict(zip(ORIENT_KEYS, map(int, oriented)))},
-                                "embedding": emb})
+                                "embedding": emb, "meta": meta})
         return out
 
     def max_id(self) -> int:
@@ -133,6 +146,67 @@ class Reads:
                                 f"AND {kind} IS NOT NULL ORDER BY id").fetchnumpy()
         return (np.asarray(cols["id"], dtype=np.int64),
                 np.asarray(cols[kind], dtype=np.uint64))
+
+    # ---------------------------------------------------------------- find, show, tags
+    FIND_COLUMNS = ("id", "path", "status", "format", "width", "height", "size", "taken_at",
+                    "camera_make", "camera_model", "ai_source", "prompt", "ai_model", "seed",
+                    *HASHES)
+
+    def find(self, filters: "Filters", limit: int | None = None) -> list[dict[str, Any]]:
+        """The files matching ``filters`` (all files when empty), by path, with their tags.
+
+        One query; the tags are aggregated in DuckDB, not looked up per row."""
+        from .filters import where
+
+        cond, params = where(filters)
+        cols = ", ".join(f"a.{c}" for c in self.FIND_COLUMNS)
+        sql = (f"SELECT {cols}, (SELECT list(t.tag ORDER BY t.tag) FROM tags t "
+               f"WHERE t.asset_id = a.id) AS tags FROM assets a WHERE {cond} ORDER BY a.path")
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        rows = self.con.execute(sql, params).fetchall()
+        names = (*self.FIND_COLUMNS, "tags")
+        out = []
+        for row in rows:
+            d = dict(zip(names, row))
+            d["path"] = from_db(d["path"])
+            d["tags"] = d["tags"] or []
+            out.append(d)
+        return out
+
+    def ids_matching(self, filters: "Filters") -> np.ndarray:
+        """Ids of the OK files matching ``filters`` (sorted)."""
+        from .filters import where
+
+        cond, params = where(filters)
+        cols = self.con.execute(f"SELECT a.id FROM assets a WHERE a.status = 'ok' AND {cond} "
+                                f"ORDER BY a.id", params).fetchnumpy()
+        return np.asarray(cols["id"], np.int64)
+
+    def record(self, path: str) -> dict[str, Any] | None:
+        """One file's whole row: what the index knows, its metadata, tags and whether it has
+        an embedding (``ai_meta`` parsed back from JSON)."""
+        cols = (*ASSET_COLUMNS, *META_COLUMNS)
+        row = first(self.con.execute(
+            f"SELECT {', '.join('a.' + c for c in cols)}, "
+            f"(SELECT list(t.tag ORDER BY t.tag) FROM tags t WHERE t.asset_id = a.id), "
+            f"EXISTS (SELECT 1 FROM embeddings e WHERE e.asset_id = a.id) "
+            f"FROM assets a WHERE a.path = ?", [to_db(path)]).fetchall())
+        if row is None:
+            return None
+        out = dict(zip(cols, row[:len(cols)]))
+        out["path"] = from_db(out["path"])
+        out["tags"], out["embedded"] = row[len(cols)] or [], bool(row[len(cols) + 1])
+        if out.get("ai_meta"):
+            try:
+                out["ai_meta"] = json.loads(out["ai_meta"])
+            except ValueError:
+                pass
+        return out
+
+    def tag_counts(self) -> list[tuple[str, int]]:
+        return [(t, int(n)) for t, n in self.con.execute(
+            "SELECT tag, count(*) FROM tags GROUP BY tag ORDER BY tag").fetchall()]
 
     def index_roots(self) -> list[str]:
         """Every folder (or file) an index run was given, as stored."""

@@ -21,16 +21,26 @@ from ..errors import StorageError, StoreError, is_storage_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 DB_FILE = "alice.duckdb"
 MANIFEST_FILE = "manifest.json"
 
 ASSET_COLUMNS = ("id", "path", "size", "mtime_ns", "width", "height", "format", "status",
                  "error", *HASHES, "indexed_at", "run_id", "content_hash",
                  "phash_orient")
+# what a file says about itself (decode.metadata), with their SQL types; ai_meta is the
+# raw generation blocks as JSON (kept out of ASSET_COLUMNS: it can be 100 KB a row)
+META_TYPES = {"mode": "VARCHAR", "frames": "INTEGER", "taken_at": "TIMESTAMP",
+              "camera_make": "VARCHAR", "camera_model": "VARCHAR", "lens": "VARCHAR",
+              "software": "VARCHAR", "gps_lat": "DOUBLE", "gps_lon": "DOUBLE",
+              "ai_source": "VARCHAR", "prompt": "VARCHAR", "negative_prompt": "VARCHAR",
+              "ai_model": "VARCHAR", "seed": "BIGINT", "steps": "INTEGER", "sampler": "VARCHAR",
+              "cfg": "DOUBLE", "ai_meta": "VARCHAR", "meta_version": "SMALLINT"}
+META_COLUMNS = tuple(META_TYPES)
 
 def _schema_sql(dim: int) -> str:
     hash_cols = ",\n  ".join(f"{h} UBIGINT" for h in HASHES)
+    meta_cols = ",\n  ".join(f"{k} {t}" for k, t in META_TYPES.items())
     return f"""
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS assets (
@@ -47,7 +57,13 @@ CREATE TABLE IF NOT EXISTS assets (
   indexed_at TIMESTAMP,
   run_id BIGINT,
   content_hash VARCHAR,
-  phash_orient UBIGINT[7]
+  phash_orient UBIGINT[7],
+  {meta_cols}
+);
+CREATE TABLE IF NOT EXISTS tags (
+  asset_id BIGINT NOT NULL,
+  tag VARCHAR NOT NULL,
+  PRIMARY KEY (asset_id, tag)
 );
 CREATE TABLE IF NOT EXISTS embeddings (
   asset_id BIGINT PRIMARY KEY,
@@ -99,6 +115,11 @@ _MIGRATIONS = {
     # since 5 the pHashes of the 7 other orientations (records.ORIENTATIONS) are stored;
     # older rows have none, and the next index run re-hashes them (reads.known_state)
     4: ["ALTER TABLE assets ADD COLUMN IF NOT EXISTS phash_orient UBIGINT[7]"],
+    # since 6 each file's own metadata (EXIF, generation data) and tags; older rows have
+    # none, and the next index run reads them again (reads.known_state, meta_version)
+    5: [f"ALTER TABLE assets ADD COLUMN IF NOT EXISTS {k} {t}" for k, t in META_TYPES.items()]
+       + ["CREATE TABLE IF NOT EXISTS tags (asset_id BIGINT NOT NULL, tag VARCHAR NOT NULL, "
+          "PRIMARY KEY (asset_id, tag))"],
 }
 
 

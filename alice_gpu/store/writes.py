@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from datetime import datetime
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -23,10 +24,12 @@ from ..errors import StorageError, is_storage_failure
 from ..records import ORIENT_KEYS, STATUS_OK, AssetRecord
 from . import codec
 from .paths import to_db
-from .schema import ASSET_COLUMNS
+from .schema import ASSET_COLUMNS, META_COLUMNS
 
 if TYPE_CHECKING:
     import pyarrow as pa
+
+    from .filters import Filters
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +126,7 @@ class Writes:
             "content_hash": pa.array([r.content_hash for r in records], pa.string()),
             "phash_orient": pa.array([_oriented(r.hashes) for r in records],
                                      pa.list_(pa.uint64(), len(ORIENT_KEYS))),
+            **_meta_columns(records),
         })
         emb_rows = [r for r in records if r.embedding is not None and r.status == STATUS_OK]
         emb_ids = np.array([r.id for r in emb_rows], dtype=np.int64)
@@ -147,7 +151,7 @@ class Writes:
                                   "(SELECT id FROM _ids)").fetchall()[0][0]
             con.execute("DELETE FROM embeddings WHERE asset_id IN (SELECT id FROM _ids)")
             con.execute("DELETE FROM assets WHERE id IN (SELECT id FROM _ids)")
-            self._insert("assets", ASSET_COLUMNS, assets, insert_size, bulk)
+            self._insert("assets", ASSET_COLUMNS + META_COLUMNS, assets, insert_size, bulk)
             if len(emb_rows):
                 self._insert("embeddings", ("asset_id", "model", "scale", "vector"), embs, insert_size, bulk)
             if len(emb_rows) or had_vec:
@@ -175,6 +179,8 @@ class Writes:
             ids = np.asarray(con.execute("SELECT id FROM assets JOIN _gone USING (path)")
                              .fetchnumpy()["id"], dtype=np.int64)
             con.execute("DELETE FROM embeddings WHERE asset_id IN "
+                        "(SELECT id FROM assets JOIN _gone USING (path))")
+            con.execute("DELETE FROM tags WHERE asset_id IN "
                         "(SELECT id FROM assets JOIN _gone USING (path))")
             con.execute("DELETE FROM assets WHERE path IN (SELECT path FROM _gone)")
             con.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
@@ -215,6 +221,56 @@ class Writes:
         finally:
             con.unregister("_mv")
 
+    def update_tags(self, tag: str, add: bool, filters: "Filters",
+                    paths: Sequence[str] = (), folders: Sequence[str] = ()) -> int:
+        """Add (or remove) ``tag`` on every file matching ``filters`` that is one of
+        ``paths`` or under one of ``folders`` (all matching files when both are empty),
+        in one statement (the seed's ``batch_update_tags``). Returns the files changed."""
+        import pyarrow as pa
+
+        from .filters import where
+
+        cond, params = where(filters)
+        scope = []
+        con = self.con
+        if paths:
+            con.register("_tp", pa.table({"path": pa.array([to_db(p) for p in paths],
+                                                             pa.string())}))
+            scope.append("a.path IN (SELECT path FROM _tp)")
+        for folder in folders:
+            scope.append("starts_with(a.path, ?)")
+            params.append(folder.rstrip("/") + "/")
+        if scope:
+            cond += " AND (" + " OR ".join(scope) + ")"
+        try:
+            con.execute("BEGIN TRANSACTION")
+            if add:
+                n = con.execute(f"INSERT INTO tags SELECT a.id, ? FROM assets a WHERE {cond} "
+                                f"ON CONFLICT DO NOTHING", [tag, *params]).fetchall()[0][0]
+            else:
+                n = con.execute(f"DELETE FROM tags WHERE tag = ? AND asset_id IN "
+                                f"(SELECT a.id FROM assets a WHERE {cond})",
+                                [tag, *params]).fetchall()[0][0]
+            con.execute("COMMIT")
+        except duckdb.Error:
+            self._rollback()
+            raise
+        finally:
+            if paths:
+                con.unregister("_tp")
+        return int(n)
+
+    def auto_tags(self) -> int:
+        """Tags from metadata: source:<generator>, model:<name>, camera:<model>."""
+        sql = """INSERT INTO tags
+                 SELECT id, 'source:' || ai_source FROM assets
+                   WHERE ai_source IS NOT NULL AND ai_source <> 'none'
+                 UNION SELECT id, 'model:' || ai_model FROM assets WHERE ai_model IS NOT NULL
+                 UNION SELECT id, 'camera:' || camera_model FROM assets
+                   WHERE camera_model IS NOT NULL
+                 ON CONFLICT DO NOTHING"""
+        return int(self.con.execute(sql).fetchall()[0][0])
+
     def start_run(self, roots: Sequence[str], device: str, embed: bool) -> int:
         run_id = int(self.con.execute("SELECT coalesce(max(id), 0) + 1 FROM runs").fetchall()[0][0])
         self.con.execute("INSERT INTO runs (id, started_at, roots, device, embed) "
@@ -235,3 +291,36 @@ def _oriented(hashes: dict[str, int]) -> list[int] | None:
     """The row's ``phash_orient`` value: the 7 other orientations' pHashes, or NULL."""
     values = [hashes.get(k) for k in ORIENT_KEYS]
     return None if any(v is None for v in values) else values
+
+
+_META_ARROW = {"VARCHAR": "string", "INTEGER": "int32", "BIGINT": "int64", "DOUBLE": "float64",
+               "SMALLINT": "int16"}
+
+
+def _taken(value: Any) -> "datetime | None":
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value)[:19])
+    except ValueError:
+        return None
+
+
+def _meta_columns(records: Sequence[AssetRecord]) -> dict[str, Any]:
+    """The metadata columns of a batch (NULL where a file has none; meta_version 0 when
+    nothing was read, so a later run with extraction on reads it)."""
+    import pyarrow as pa
+
+    from .schema import META_TYPES
+
+    metas = [r.meta or {} for r in records]
+    out: dict[str, Any] = {}
+    for name, sql in META_TYPES.items():
+        values = [m.get(name) for m in metas]
+        if name == "taken_at":
+            out[name] = pa.array([_taken(v) for v in values], pa.timestamp("us"))
+        elif name == "meta_version":
+            out[name] = pa.array([int(v or 0) for v in values], pa.int16())
+        else:
+            out[name] = pa.array(values, getattr(pa, _META_ARROW[sql])())
+    return out
