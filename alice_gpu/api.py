@@ -276,6 +276,23 @@ class AliceIndex:
         with self._open(read_only=True) as store:
             return store.find(filters or Filters(), limit)
 
+    def find_json(self, filters: "Filters | None" = None, *, limit: int | None = None
+                  ) -> Iterator[list[str]]:
+        """``find`` as JSON objects, one string per file (what ``find --json`` prints),
+        in chunks as they are read."""
+        from .store.filters import Filters
+
+        with self._open(read_only=True) as store:
+            yield from store.find_json(filters or Filters(), limit)
+
+    def find_lines(self, filters: "Filters | None" = None, *, limit: int | None = None
+                   ) -> list[tuple[str, str, str | None, str | None]]:
+        """``find`` as terminal lines: (path, generator or camera, prompt head, tags)."""
+        from .store.filters import Filters
+
+        with self._open(read_only=True) as store:
+            return store.find_lines(filters or Filters(), limit)
+
     def show(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """One file's whole record; a file not in the index is an error."""
         from .discover import normalize_path

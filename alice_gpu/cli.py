@@ -121,6 +121,8 @@ def _filters(tag, source, prompt, camera, since, until, folder, fmt):
 
 def show_path(path: str) -> str:
     """A path safe to print: undecodable bytes and control characters escaped."""
+    if path.isprintable():          # the common case, checked in C
+        return path
     text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
@@ -582,21 +584,6 @@ def _hex(value) -> str | None:
     return None if value is None else f"{int(value) & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
-def _find_doc(row: dict) -> dict:
-    """A find result as scripts get it: hashes in imagehash's hex, dates as ISO text."""
-    from .config import HASH_NAMES
-
-    camera = " ".join(x for x in (row.get("camera_make"), row.get("camera_model")) if x) or None
-    doc = {"path": row["path"], "ai_source": row.get("ai_source"), "prompt": row.get("prompt"),
-           "tags": row.get("tags", []),
-           "taken_at": row["taken_at"].isoformat() if row.get("taken_at") else None,
-           "camera": camera, **{h: _hex(row.get(h)) for h in HASH_NAMES},
-           "id": row["id"], "status": row["status"], "format": row.get("format"),
-           "width": row.get("width"), "height": row.get("height"), "size": row.get("size"),
-           "ai_model": row.get("ai_model"), "seed": row.get("seed")}
-    return doc
-
-
 @app.command()
 def find(
     tag: Optional[List[str]] = F_TAG, source: Optional[str] = F_SOURCE,
@@ -609,20 +596,24 @@ def find(
     """Files by what made them, when, where and their tags (every file without filters)."""
     filters = _filters(tag, source, prompt, camera, since, until, folder, fmt)
     api = _run(_open, db, config)
-    rows = _run(api.find, filters, limit=limit)
     if json_out:
-        _emit_json({"results": [_find_doc(r) for r in rows]})
+        chunks = api.find_json(filters, limit=limit)
+        first = _run(next, chunks, None)          # opens the index: errors become messages
+        write = sys.stdout.write
+        write('{"results": [' + (", ".join(first) if first else ""))
+        for docs in chunks:                       # streamed: memory is one chunk
+            write(", " + ", ".join(docs))
+        write("]}\n")
+        sys.stdout.flush()
         return EXIT_OK
+    rows = _run(api.find_lines, filters, limit=limit)
     out = []
-    for r in rows:
-        what = r.get("ai_source") if r.get("ai_source") not in (None, "none") else (
-            " ".join(x for x in (r.get("camera_make"), r.get("camera_model")) if x) or "-")
-        prompt_text = (r.get("prompt") or "").replace("\n", " ")
-        line = f"{show_path(r['path'])}\t{what}"
+    for path, what, prompt_text, tags in rows:
+        line = f"{show_path(path)}\t{what}"
         if prompt_text:
-            line += f"\t{prompt_text[:80]}"
-        if r["tags"]:
-            line += f"\t[{', '.join(r['tags'])}]"
+            line += f"\t{show_path(prompt_text)}"
+        if tags:
+            line += f"\t[{tags}]"
         out.append(line)
     sys.stdout.write("\n".join(out) + ("\n" if out else ""))
     _say(f"{len(rows)} files")

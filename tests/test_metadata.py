@@ -274,3 +274,27 @@ def test_find_show_tag_stats_never_import_torch(library):
             "assert 'torch' not in sys.modules\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_similar_and_duplicates_take_the_same_filters(library):
+    media, db = library
+    code, out, _ = run_cli("similar", media / "phone" / "pug.heic", "--by", "phash", "--k", "50",
+                           "--format", "heic", "--db", db, "--json")
+    results = json.loads(out)["results"]
+    assert code == 0 and results and all(Path(r["path"]).suffix in (".heic", ".hif")
+                                          for r in results)
+    code, out, _ = run_cli("similar", media / "phone" / "pug.heic", "--by", "phash", "--k", "5",
+                           "--source", "comfyui", "--db", db, "--json")
+    names = {r["path"] for r in json.loads(out)["results"]}
+    assert code == 0 and len(names) == 5 and all("/ai/" in n for n in names)
+    # the same picture in 3 formats (gimp.png/.jpg/.webp): found, and gone when filtered out
+    code, out, _ = run_cli("duplicates", "--in", media / "ai" / "sd-metadata", "--db", db, "--json")
+    groups = json.loads(out)["groups"]
+    assert any({Path(f["path"]).name for f in g["files"]} >= {"gimp.png", "gimp.jpg"}
+               for g in groups)
+    pngs = {r["path"] for r in json.loads(run_cli("find", "--format", "png", "--db", db,
+                                                  "--json")[1])["results"]}
+    code, out, _ = run_cli("duplicates", "--format", "png", "--db", db, "--json")
+    assert code == 0
+    for g in json.loads(out)["groups"]:
+        assert {f["path"] for f in g["files"]} <= pngs

@@ -160,8 +160,8 @@ class Reads:
 
         cond, params = where(filters)
         cols = ", ".join(f"a.{c}" for c in self.FIND_COLUMNS)
-        sql = (f"SELECT {cols}, (SELECT list(t.tag ORDER BY t.tag) FROM tags t "
-               f"WHERE t.asset_id = a.id) AS tags FROM assets a WHERE {cond} ORDER BY a.path")
+        sql = (f"SELECT {cols}, g.tags FROM assets a LEFT JOIN ({_TAG_LISTS}) g "
+               f"ON g.asset_id = a.id WHERE {cond} ORDER BY a.path")
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         rows = self.con.execute(sql, params).fetchall()
@@ -173,6 +173,61 @@ class Reads:
             d["tags"] = d["tags"] or []
             out.append(d)
         return out
+
+    def find_json(self, filters: "Filters", limit: int | None = None, chunk: int = 8192
+                  ) -> Iterator[list[str]]:
+        """``find``'s results as JSON objects, one string per file, made by DuckDB (hashes
+        in imagehash's hex; Python objects for 100,000 rows take seconds), in chunks."""
+        from .filters import where
+
+        cond, params = where(filters)
+        hexes = ", ".join(f"'{h}': printf('%016x', a.{h})" for h in HASHES)
+        sql = f"""SELECT to_json({{'path': a.path, 'ai_source': a.ai_source, 'prompt': a.prompt,
+              'tags': coalesce(g.tags, []),
+              'taken_at': strftime(a.taken_at, '%Y-%m-%dT%H:%M:%S'),
+              'camera': nullif(concat_ws(' ', a.camera_make, a.camera_model), ''), {hexes},
+              'id': a.id, 'status': a.status, 'format': a.format, 'width': a.width,
+              'height': a.height, 'size': a.size, 'ai_model': a.ai_model,
+              'seed': a.seed}})::VARCHAR
+              FROM assets a LEFT JOIN ({_TAG_LISTS}) g ON g.asset_id = a.id
+              WHERE {cond} ORDER BY a.path"""
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        cur = self.con.cursor()
+        try:
+            cur.execute(sql, params)
+            while True:
+                rows = cur.fetchmany(chunk)
+                if not rows:
+                    return
+                out = [row[0] for row in rows]
+                for k, text in enumerate(out):
+                    if text.startswith('{"path":"raw:'):      # a non-UTF-8 name: its bytes
+                        doc = json.loads(text)
+                        doc["path"] = from_db(doc["path"])
+                        out[k] = json.dumps(doc, ensure_ascii=True)
+                yield out
+        finally:
+            cur.close()
+
+    def find_lines(self, filters: "Filters", limit: int | None = None
+                   ) -> list[tuple[str, str, str | None, str | None]]:
+        """``find``'s terminal lines as (path, generator or camera, prompt head, tags),
+        shaped in DuckDB so that listing 100,000 files stays well under a second."""
+        from .filters import where
+
+        cond, params = where(filters)
+        sql = f"""SELECT a.path,
+              CASE WHEN coalesce(a.ai_source, 'none') <> 'none' THEN a.ai_source
+                   ELSE coalesce(nullif(concat_ws(' ', a.camera_make, a.camera_model), ''), '-')
+              END,
+              replace(replace(left(a.prompt, 80), chr(10), ' '), chr(13), ' '),
+              array_to_string(g.tags, ', ')
+              FROM assets a LEFT JOIN ({_TAG_LISTS}) g ON g.asset_id = a.id
+              WHERE {cond} ORDER BY a.path"""
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [(from_db(p), w, pr, tg) for p, w, pr, tg in self.con.execute(sql, params).fetchall()]
 
     def ids_matching(self, filters: "Filters") -> np.ndarray:
         """Ids of the OK files matching ``filters`` (sorted)."""
@@ -338,6 +393,10 @@ class Reads:
     def run_metrics(self, run_id: int) -> dict[str, Any] | None:
         row = first(self.con.execute("SELECT metrics FROM runs WHERE id = ?", [run_id]).fetchall())
         return json.loads(row[0]) if row and row[0] else None
+
+
+# each tagged file's tags, sorted: joined once rather than looked up per row
+_TAG_LISTS = "SELECT asset_id, list(tag ORDER BY tag) AS tags FROM tags GROUP BY asset_id"
 
 
 def _row(row: tuple) -> dict[str, Any]:
