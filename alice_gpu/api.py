@@ -23,6 +23,7 @@ from .store import DB_FILE, MANIFEST_FILE, Store
 if TYPE_CHECKING:
     from .actions.moves import MoveReport
     from .pipeline import IndexSummary, ProgressFn
+    from .pipeline.ray_engine import RayEngine
     from .search.evaluate import Evaluation
     from .search.queries import DuplicatesResult, SimilarResult
     from .store.filters import Filters
@@ -119,12 +120,16 @@ class AliceIndex:
               embed: bool | None = None, batch_size: int | None = None,
               workers: int | None = None, retry_failed: bool = False,
               decode: str | None = None, prune: bool = False,
-              progress: ProgressFn | None = None) -> IndexSummary:
+              progress: ProgressFn | None = None, engine: str = "local",
+              address: str | None = None, gpus_per_worker: float | None = None,
+              ray_engine: "RayEngine | None" = None) -> IndexSummary:
         """Add new and changed files under ``paths``; drop vanished ones.
 
         ``progress`` receives :class:`~alice_gpu.pipeline.ProgressEvent` objects.
 
         Unchanged files that failed before are skipped unless ``retry_failed``.
+        ``engine="ray"`` runs the decode and features stages on a Ray cluster (``address``,
+        default: a local one), with ``gpus_per_worker`` GPUs per features actor.
         """
         cfg = self.config.with_overrides(device=device, features__embed=embed,
                                          performance__batch_size=batch_size,
@@ -141,9 +146,16 @@ class AliceIndex:
             dev = select_device(cfg.device)  # an explicit GPU request fails up front
             if cfg.decode.engine == "gpu" and dev.type != "cuda":
                 raise ConfigError("--decode gpu needs a CUDA device (--device cuda)")
+        if engine not in ("local", "ray"):
+            raise ConfigError(f"unknown engine {engine!r} (choose from local, ray)")
+        if engine == "ray" and ray_engine is None:
+            from .pipeline.ray_engine import RayEngine, import_ray
+
+            import_ray()                           # not installed: say so before any work
+            ray_engine = RayEngine(address, gpus_per_worker)
         with self._open(read_only=False) as store:
             summary = run_index(store, VectorIndex(store), roots, cfg, dev, progress,
-                                retry_failed, prune)
+                                retry_failed, prune, engine=ray_engine)
             if cfg.metadata.auto_tags:
                 store.auto_tags()
             return summary

@@ -265,12 +265,24 @@ def index(
                                  **_choice("--progress", ("auto", "bar", "jsonl", "none")),
                                  help="auto: a bar on a terminal; jsonl: one JSON object per "
                                       "event on stderr, for programs."),
+    engine: str = typer.Option("local", "--engine", **_choice("--engine", ("local", "ray")),
+                               help="local (default): this machine's processes; ray: a Ray "
+                                    "cluster (pip install 'alice-gpu[distributed]')."),
+    address: Optional[str] = typer.Option(None, "--address", help="With --engine ray: the "
+                                          "cluster (e.g. 10.0.0.1:6379 or auto); default: "
+                                          "start Ray on this machine."),
+    gpus_per_worker: Optional[float] = typer.Option(
+        None, "--num-gpus-per-worker", min=0.0, help="With --engine ray: GPUs each features "
+        "actor asks for (default 1 when the cluster has GPUs; 0.5 puts two on a GPU)."),
     db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
 ) -> int:
     """Build or update the index: new and changed files are decoded, vanished ones dropped."""
     missing = [p for p in paths if not p.exists()]
     if missing:
         raise _fail(f"no such file or folder: {show_path(str(missing[0]))}", EXIT_USAGE)
+    if engine != "ray" and (address is not None or gpus_per_worker is not None):
+        raise typer.BadParameter("--address and --num-gpus-per-worker go with --engine ray",
+                                 param_hint="'--engine'")
     api = _run(_open, db, config, profile)
     from .pipeline import Interrupted
 
@@ -279,7 +291,8 @@ def index(
             summary = _run(api.index, [str(p) for p in paths], device=device,
                            embed=False if no_embed else None, batch_size=batch_size,
                            workers=workers, retry_failed=retry_failed, decode=decode,
-                           prune=prune, progress=on_progress)
+                           prune=prune, progress=on_progress, engine=engine,
+                           address=address, gpus_per_worker=gpus_per_worker)
     except Interrupted as stopped:
         s = stopped.summary
         if json_out:
@@ -665,36 +678,29 @@ def _tag(add: bool, tag: str, paths, filters, db, config, json_out) -> int:
     return EXIT_OK
 
 
-@tag_app.command("add")
-def tag_add(
-    tag_name: str = typer.Argument(..., metavar="TAG"),
-    paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH...",
-                                                 help="Files or folders in the index."),
-    tag: Optional[List[str]] = F_TAG, source: Optional[str] = F_SOURCE,
-    prompt: Optional[str] = F_PROMPT, camera: Optional[str] = F_CAMERA,
-    since: Optional[str] = F_SINCE, until: Optional[str] = F_UNTIL,
-    folder: Optional[Path] = F_IN, fmt: Optional[str] = F_FORMAT,
-    db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
-) -> int:
-    """Add TAG to files (and folders' files) that match the filters, in one batch."""
-    return _tag(True, tag_name, paths, _filters(tag, source, prompt, camera, since, until,
-                                                folder, fmt), db, config, json_out)
+def _tag_command(add: bool) -> Callable[..., int]:
+    """``tag add`` and ``tag remove``: one signature, one body."""
+    verb = "Add TAG to" if add else "Remove TAG from"
+
+    def command(
+        tag_name: str = typer.Argument(..., metavar="TAG"),
+        paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH...",
+                                                     help="Files or folders in the index."),
+        tag: Optional[List[str]] = F_TAG, source: Optional[str] = F_SOURCE,
+        prompt: Optional[str] = F_PROMPT, camera: Optional[str] = F_CAMERA,
+        since: Optional[str] = F_SINCE, until: Optional[str] = F_UNTIL,
+        folder: Optional[Path] = F_IN, fmt: Optional[str] = F_FORMAT,
+        db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
+    ) -> int:
+        return _tag(add, tag_name, paths, _filters(tag, source, prompt, camera, since, until,
+                                                   folder, fmt), db, config, json_out)
+
+    command.__doc__ = f"{verb} files (and folders' files) that match the filters, in one batch."
+    return command
 
 
-@tag_app.command("remove")
-def tag_remove(
-    tag_name: str = typer.Argument(..., metavar="TAG"),
-    paths: Optional[List[Path]] = typer.Argument(None, metavar="PATH...",
-                                                 help="Files or folders in the index."),
-    tag: Optional[List[str]] = F_TAG, source: Optional[str] = F_SOURCE,
-    prompt: Optional[str] = F_PROMPT, camera: Optional[str] = F_CAMERA,
-    since: Optional[str] = F_SINCE, until: Optional[str] = F_UNTIL,
-    folder: Optional[Path] = F_IN, fmt: Optional[str] = F_FORMAT,
-    db: Optional[Path] = DB, json_out: bool = JSON, config: Optional[Path] = CONFIG,
-) -> int:
-    """Remove TAG from files (and folders' files) that match the filters, in one batch."""
-    return _tag(False, tag_name, paths, _filters(tag, source, prompt, camera, since, until,
-                                                 folder, fmt), db, config, json_out)
+tag_app.command("add")(_tag_command(True))
+tag_app.command("remove")(_tag_command(False))
 
 
 @tag_app.command("list")

@@ -35,6 +35,7 @@ from .pool import DecodePool, effective_workers
 from .writer import Writer
 
 if TYPE_CHECKING:
+    from .ray_engine import RayEngine
     import torch
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,45 @@ def need_meta(cfg: Config) -> int:
     return META_VERSION if cfg.metadata.extract else 0
 
 
+def make_featuriser(cfg: Config, device: "torch.device | str | None" = None,
+                    timer: Any = None) -> Featuriser:
+    """The features stage callable for ``cfg`` on ``device`` (a torch.device, a name, or
+    None for the configured one); rows only for a CPU hash-only run. The local engine and
+    every Ray actor build theirs here."""
+    if not cfg.features.embed and cfg.performance.parallel_hash_computation:
+        plain = device if device is not None and not isinstance(device, str) else None
+        return Featuriser(None, decode_plan(cfg, plain), False, timer)
+    from ..gpu.devices import resolve_precision, select_device
+
+    dev = device if device is not None and not isinstance(device, str) else \
+        select_device(device or cfg.device)
+    return Featuriser.create(dev, cfg.features.model if cfg.features.embed else None,
+                             decode_plan(cfg, dev), resolve_precision(dev, cfg.features.precision),
+                             timer)
+
+
+class _LazyFeaturiser:
+    """The driver's features stage on Ray: its plan now (what the Ray tasks decode to),
+    the model only if the driver has to featurise files itself."""
+
+    def __init__(self, cfg: Config, device: "torch.device | None", timer: Any):
+        self.cfg, self.device, self.timer = cfg, device, timer
+        self.plan = decode_plan(cfg, None)      # hashes in the decode tasks, on their CPUs
+        self._real: Featuriser | None = None
+
+    def _get(self) -> Featuriser:
+        if self._real is None:
+            self._real = make_featuriser(self.cfg, self.device, self.timer)
+            self._real.plan = self.plan
+        return self._real
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._get(), name)
+
+    def __call__(self, items):
+        return self._get()(items)
+
+
 def decode_plan(cfg: Config, device: "torch.device | None") -> DecodePlan:
     """What the decode workers produce for this run's configuration and device."""
     embed = cfg.features.embed
@@ -130,14 +170,17 @@ def decode_plan(cfg: Config, device: "torch.device | None") -> DecodePlan:
 
 def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Config,
               device: "torch.device | None" = None, progress: ProgressFn | None = None,
-              retry_failed: bool = False, prune: bool = False) -> IndexSummary:
+              retry_failed: bool = False, prune: bool = False,
+              engine: "RayEngine | None" = None) -> IndexSummary:
     """Index ``roots`` into ``store``: only new or changed files are decoded.
 
     ``device`` None means "select from ``cfg.device`` if the device is needed": a
-    run with nothing to do, or a CPU hash-only run, never imports torch.
+    run with nothing to do, or a CPU hash-only run, never imports torch. ``engine``
+    None is the local engine (a process pool); a :class:`~.ray_engine.RayEngine`
+    distributes the same stages on Ray.
     """
     roots = list(roots)
-    job = _IndexJob(store, vectors, cfg, device, progress)
+    job = _IndexJob(store, vectors, cfg, device, progress, engine)
     with _stop_on_signals(job.stop):
         try:
             found = job.discover(roots, retry_failed)
@@ -158,8 +201,10 @@ class _IndexJob:
     """The state of one run of the local engine; ``run_index`` calls its steps in order."""
 
     def __init__(self, store: Store, vectors: VectorIndex, cfg: Config,
-                 device: "torch.device | None", progress: ProgressFn | None):
+                 device: "torch.device | None", progress: ProgressFn | None,
+                 engine: "RayEngine | None" = None):
         self.store, self.vectors, self.cfg, self.device = store, vectors, cfg, device
+        self.engine = engine
         self.progress = progress
         self.stop = threading.Event()
         self.timer = StageTimer()
@@ -201,8 +246,11 @@ class _IndexJob:
         """Small jobs decode in this process (no pool to start); large ones fork workers.
 
         A previous in-process decode that never finished (the process died on a file)
-        sends this job to isolated workers, where the culprit is caught.
+        sends this job to isolated workers, where the culprit is caught. On Ray, Ray's
+        workers decode.
         """
+        if self.engine is not None:
+            return
         workers = self.summary.workers
         timeout = self.cfg.decode.timeout_seconds
         if todo and self.guard.tripped:
@@ -260,6 +308,8 @@ class _IndexJob:
     def close_decoders(self) -> None:
         if self.pool is not None:
             self.pool.close()
+        if self.engine is not None:
+            self.engine.close()
 
     def finish(self, peak_mb: float) -> IndexSummary:
         """The run's summary and metrics, also stored with the run."""
@@ -306,23 +356,31 @@ class _IndexJob:
                                np.zeros((0, self.store.dim), np.float32))
 
     def _featuriser(self) -> Featuriser:
-        """The features stage for this run: on a device, or rows only (CPU hash-only)."""
-        cfg = self.cfg
-        embed = cfg.features.embed
-        if not embed and cfg.performance.parallel_hash_computation:
-            if self.device is None:
-                self.summary.device = "cpu"   # hash-only: computed in the CPU decode workers
-            return Featuriser(None, decode_plan(cfg, self.device), False, self.timer)
-        from ..gpu.devices import resolve_precision, select_device
-
-        device = self.device if self.device is not None else select_device(cfg.device)
-        self.summary.device = str(device)
-        return Featuriser.create(device, cfg.features.model if embed else None,
-                                 decode_plan(cfg, device),
-                                 resolve_precision(device, cfg.features.precision), self.timer)
+        """The features stage for this run: on a device, or rows only (CPU hash-only).
+        On Ray the actors hold the model: the driver builds its own only if it must
+        finish files Ray could not."""
+        if self.engine is not None:
+            return _LazyFeaturiser(self.cfg, self.device, self.timer)
+        featuriser = make_featuriser(self.cfg, self.device, self.timer)
+        if featuriser.extractor is not None:
+            self.summary.device = str(featuriser.extractor.device)
+        elif self.device is None:
+            self.summary.device = "cpu"   # hash-only: computed in the CPU decode workers
+        return featuriser
 
     def _decode_and_featurise(self, todo: list[FileEntry], featuriser: Featuriser
                               ) -> list[Decoded]:
+        """The middle of a run, by the engine's distributor; returns the byte-identical
+        files (copied, not decoded)."""
+        if self.engine is not None:
+            from .ray_engine import ray_decode_and_featurise
+
+            self.summary.device = "ray"
+            return ray_decode_and_featurise(self, self.engine, todo, featuriser)
+        return self.local_decode_and_featurise(todo, featuriser)
+
+    def local_decode_and_featurise(self, todo: list[FileEntry], featuriser: Featuriser
+                                   ) -> list[Decoded]:
         """Stream decoded files into device batches; returns the byte-identical ones."""
         cfg, plan = self.cfg, featuriser.plan
         batch_size = self.summary.batch_size
