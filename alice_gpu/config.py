@@ -115,8 +115,11 @@ class QueryConfig:
     # Hamming distance (bits of 64) for hash duplicates, cosine for embeddings
     hash_threshold: int = 10
     embedding_threshold: float = 0.85
-    # tiered: a near copy has a pHash within near_threshold bits, in any orientation
+    # tiered: a near copy has a pHash within near_threshold bits as it is, or within
+    # turned_threshold bits in one of the 7 other orientations (7x the comparisons: a
+    # looser bound would multiply chance matches at a million files; RESULTS.md)
     near_threshold: int = 8
+    turned_threshold: int = 6
     # tiered: an edited copy has embedding cosine >= edited_threshold, a look-alike
     # (similar) >= similar_threshold (searched only when the similar tier is asked for)
     edited_threshold: float = 0.85
@@ -139,6 +142,7 @@ class QueryConfig:
         _check(-1.0 <= self.similar_threshold <= self.edited_threshold <= 1.0,
                "query.similar_threshold <= query.edited_threshold, both in -1..1")
         _check(0 <= self.near_threshold <= 64, "query.near_threshold must be in 0..64")
+        _check(0 <= self.turned_threshold <= 64, "query.turned_threshold must be in 0..64")
         for key in ("tiers", "act_on"):
             names = [t.strip() for t in str(getattr(self, key)).split(",") if t.strip()]
             _check(bool(names) and all(t in TIERS for t in names),

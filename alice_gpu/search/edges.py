@@ -128,17 +128,18 @@ class OrientedHashes:
             np.zeros((0, len(ORIENTATIONS)), np.uint64)
         self.all_ids, self.all_h0 = ids, h0
 
-    def near_pairs(self, threshold: int, device: str) -> Edges:
-        """Pairs within ``threshold`` bits: as they are, and with one of the two turned
-        or mirrored (each asset's 7 other pHashes against every pHash, a bipartite join)."""
+    def near_pairs(self, threshold: int, device: str, turned: int | None = None) -> Edges:
+        """Pairs within ``threshold`` bits as they are, and, unless ``turned`` is None,
+        within ``turned`` bits with one of the two rotated or mirrored (each asset's 7
+        other pHashes against every pHash, a bipartite join)."""
         gpu = kernel_device(device)
         i, j, d = (hamming_pairs(self.all_h0, threshold) if gpu is None
                    else cuda_hamming_pairs(self.all_h0, threshold, gpu))
         parts = [_hash_edges(self.all_ids[i], self.all_ids[j], d, 0)]
         n = len(self.ids)
-        if n:
+        if n and turned is not None:
             queries = np.ascontiguousarray(self.codes[:, 1:].T).reshape(-1)   # orientation-major
-            bi, qj, d = hamming_cross_pairs(self.codes[:, 0], queries, threshold)
+            bi, qj, d = hamming_cross_pairs(self.codes[:, 0], queries, min(threshold, turned))
             a, b = self.ids[qj % n], self.ids[bi]               # H_t(a) ≈ H_0(b): b ≈ t(a)
             t = (qj // n + 1).astype(np.int8)
             other = a != b                                      # a symmetric picture
@@ -198,7 +199,8 @@ def tiered_edges(store: Store, vectors: VectorIndex, q: QueryConfig, tiers: list
         parts.append(exact_edges(store))
     hashes = OrientedHashes(store)
     if "near" in tiers:
-        parts.append(hashes.near_pairs(q.near_threshold if near is None else near, device))
+        parts.append(hashes.near_pairs(q.near_threshold if near is None else near, device,
+                                       q.turned_threshold))
     if ("edited" in tiers or "similar" in tiers):
         if store.embedding_count() == 0:
             log.warning("no embeddings in this index (it was built with --no-embed): "
@@ -222,7 +224,7 @@ def tiered_edges(store: Store, vectors: VectorIndex, q: QueryConfig, tiers: list
 
 def single_edges(store: Store, vectors: VectorIndex, by: str, threshold: float,
                  q: QueryConfig, device: str) -> Edges:
-    """One signal at one threshold: a hash (pHash in every orientation) or the embedding."""
+    """One signal at one threshold, as it is: a hash (upright) or the embedding."""
     if by == "embedding":
         a, b, cos = embedding_pairs(store, vectors, threshold, device)
         tier = np.where(cos >= q.edited_threshold, EDITED, SIMILAR).astype(np.int8)
@@ -230,8 +232,6 @@ def single_edges(store: Store, vectors: VectorIndex, by: str, threshold: float,
         return Edges.best_of([Edges(a.astype(np.int64), b.astype(np.int64), tier,
                                     cos.astype(np.float64), np.full(n, -1, np.int64),
                                     np.zeros(n, np.int8))])
-    if by == "phash":
-        return OrientedHashes(store).near_pairs(int(threshold), device)
     ids, codes = store.hashes(by)
     gpu = kernel_device(device)
     i, j, d = (hamming_pairs(codes, int(threshold)) if gpu is None
