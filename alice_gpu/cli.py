@@ -18,6 +18,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 import typer
 
+from .actions import human_bytes
 from .config import (DUPLICATE_KINDS, QUERY_KINDS, load_config, profile_names,
                      threshold_problem)
 from .errors import (ConfigError, DeviceError, ModelError, QueryError, QueryMemoryError,
@@ -294,17 +295,21 @@ def index(
                            prune=prune, progress=on_progress, engine=engine,
                            address=address, gpus_per_worker=gpus_per_worker)
     except Interrupted as stopped:
-        s = stopped.summary
-        if json_out:
-            _emit_json(s.to_dict())
-        _say(f"interrupted: {s.decoded + s.reused + s.failed} files done and committed, "
-             f"{s.pending} pending; run the same command again to finish")
-        return EXIT_INTERRUPTED
+        return _interrupted(stopped.summary, json_out)
     if json_out:
         _emit_json(summary.to_dict())
     else:
         _print_summary(summary, api.folder)
     return EXIT_FAILED_FILES if summary.failed else EXIT_OK
+
+
+def _interrupted(s, json_out: bool) -> int:
+    """What a stopped run committed, and exit 130."""
+    if json_out:
+        _emit_json(s.to_dict())
+    _say(f"interrupted: {s.decoded + s.reused + s.failed} files done and committed, "
+         f"{s.pending} pending; run the same command again to finish")
+    return EXIT_INTERRUPTED
 
 
 def _print_summary(summary, folder: Path) -> None:
@@ -379,6 +384,8 @@ def similar(
     return EXIT_OK
 
 
+# Over 60 lines only through its signature: Typer reads the options from it, and the
+# body is four named steps (check flags, query, report, print).
 @app.command()
 def duplicates(
     by: str = typer.Option("tiered", "--by", **_choice("--by", DUPLICATE_KINDS),
@@ -424,25 +431,8 @@ def duplicates(
     where it was); 2 bad usage; 3 index locked; 4 storage failure; 5 over the query
     memory budget.
     """
-    problem = None if threshold is None else threshold_problem(by, threshold)
-    if problem:
-        raise typer.BadParameter(problem, param_hint="'--threshold'")
-    if json_out and csv_out:
-        raise typer.BadParameter("choose one of --json and --csv", param_hint="'--csv'")
-    if tiers is not None:
-        from .search.queries import check_tiers
-
-        _run(check_tiers, tiers, "tier")
-    if keep is not None:
-        from .search.keep import parse_keep
-
-        _run(parse_keep, keep)              # a bad rule: exit 2 before the index is opened
-    if act_on is not None:
-        from .search.queries import check_tiers
-
-        _run(check_tiers, act_on, "--act-on tier")
-    if dry_run and move_to is None:
-        raise typer.BadParameter("--dry-run goes with --move-to DIR", param_hint="'--dry-run'")
+    _check_duplicates_flags(by, threshold, json_out, csv_out, tiers, keep, act_on, move_to,
+                            dry_run)
     filters = _filters(tag, source, prompt, camera, since, until, folder, fmt)
     filters = None if filters.empty() else filters
     api = _run(_open, db, config)
@@ -458,6 +448,34 @@ def duplicates(
         from .actions.report import write_html
 
         _run(write_html, result, html)
+    return _print_duplicates(result, report, json_out, csv_out, html)
+
+
+def _check_duplicates_flags(by, threshold, json_out, csv_out, tiers, keep, act_on, move_to,
+                            dry_run) -> None:
+    """Every bad flag of ``duplicates`` is exit 2 before the index is opened."""
+    problem = None if threshold is None else threshold_problem(by, threshold)
+    if problem:
+        raise typer.BadParameter(problem, param_hint="'--threshold'")
+    if json_out and csv_out:
+        raise typer.BadParameter("choose one of --json and --csv", param_hint="'--csv'")
+    from .search.queries import check_tiers
+
+    if tiers is not None:
+        _run(check_tiers, tiers, "tier")
+    if keep is not None:
+        from .search.keep import parse_keep
+
+        _run(parse_keep, keep)
+    if act_on is not None:
+        _run(check_tiers, act_on, "--act-on tier")
+    if dry_run and move_to is None:
+        raise typer.BadParameter("--dry-run goes with --move-to DIR", param_hint="'--dry-run'")
+
+
+def _print_duplicates(result: Any, report: Any, json_out: bool, csv_out: bool,
+                      html: Path | None) -> int:
+    """The answer as JSON, CSV or the terminal table (with the moves); the exit code."""
     code = EXIT_FAILED_FILES if report is not None and report.problems else EXIT_OK
     if json_out:
         doc = result.to_dict()
@@ -533,20 +551,12 @@ def _duplicates_text(result: Any) -> str:
             else:
                 how = f"{f.tier} {f.score:.3f}" + (f" {f.transform}" if f.transform else "")
             size = f"{f.width}x{f.height}" if f.width else "?"
-            lines.append(f"  {how:<34} {size:>11} {_human_bytes(f.size):>9}  "
+            lines.append(f"  {how:<34} {size:>11} {human_bytes(f.size):>9}  "
                          f"{show_path(f.path)}")
     if result.groups:
         files = sum(len(g.files) for g in result.groups)
         lines.append(f"{len(result.groups)} groups, {files} files ({_how(result)})")
     return "\n".join(lines) + "\n"
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 @app.command()

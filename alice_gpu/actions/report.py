@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from ..decode.pillow import open_image, to_rgb
+from . import human_bytes
 from ..errors import QueryError
 
 log = logging.getLogger(__name__)
@@ -46,14 +47,6 @@ def thumbnail(path: str, size: int = THUMB) -> tuple[str | None, str | None]:
 def _shown(path: str) -> str:
     """A file name as text: bytes that are not UTF-8 become U+FFFD, not broken HTML."""
     return os.fsencode(path).decode("utf-8", "replace")
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n} B"
 
 
 _STYLE = """
@@ -94,7 +87,7 @@ def render(result, thumbs: dict[str, tuple[str | None, str | None]]) -> str:
                        f'{f.score:.3f}' + (f" &middot; {e(f.transform)}" if f.transform else ""))
             dims = f"{f.width}&times;{f.height}" if f.width else "?"
             parts.append(f'<figure class="{"keep" if keep else "member"}">{img}<figcaption>'
-                         f'{how}<br>{dims} &middot; {_size(f.size)}<br>'
+                         f'{how}<br>{dims} &middot; {human_bytes(f.size)}<br>'
                          f'<span class="path">{e(_shown(f.path))}</span></figcaption></figure>')
         parts.append("</div></section>")
     parts.append("</body></html>")

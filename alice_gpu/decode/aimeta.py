@@ -303,22 +303,8 @@ def _result(source: str, fields: dict[str, Any], blocks: dict[str, Any]) -> dict
     return out
 
 
-def parse_generation(text: dict[str, str], exif: dict[str, Any], xmp: str | None, c2pa: bool,
-                     comment: str | None = None, alpha: Callable[[], Any] | None = None
-                     ) -> dict[str, Any]:
-    """``ai_source`` and the generation fields from the blocks a container holds."""
-    blocks: dict[str, Any] = dict(text)
-    uc, desc = exif.get("user_comment"), exif.get("description")
-    make, model, software = exif.get("camera_make"), exif.get("camera_model"), exif.get("software")
-    for key, value in (("exif:UserComment", uc), ("exif:ImageDescription", desc),
-                       ("exif:Make", make), ("exif:Model", model), ("exif:Software", software),
-                       ("xmp", xmp)):
-        if value:
-            blocks[key] = value
-    if c2pa:
-        blocks["c2pa"] = True
-
-    # PNG text chunks: each generator's own keys
+def _from_png_text(text: dict[str, str], blocks: dict[str, Any]) -> dict[str, Any] | None:
+    """PNG text chunks: each generator's own keys first (they are unambiguous)."""
     if "invokeai_metadata" in text:
         d = _json(text["invokeai_metadata"]) or {}
         return _result("invokeai", _from_keys(d, **_GENERIC), blocks)
@@ -369,8 +355,14 @@ def parse_generation(text: dict[str, str], exif: dict[str, Any], xmp: str | None
     if isinstance(graph, dict) or "workflow" in text:
         return _result("comfyui", parse_comfy(graph) if isinstance(graph, dict) else {}, blocks)
 
-    # EXIF: UserComment (A1111 and forks, SwarmUI, Civitai, ComfyUI savers), Make/Model
-    # (ComfyUI's WebP saver), ImageDescription (save-image-extended), NovelAI WebP
+    return None
+
+
+def _from_exif(exif: dict[str, Any], blocks: dict[str, Any]) -> dict[str, Any] | None:
+    """EXIF: UserComment (A1111 and forks, SwarmUI, Civitai, ComfyUI savers), Make/Model
+    (ComfyUI's WebP saver), ImageDescription (save-image-extended), NovelAI WebP."""
+    uc, desc = exif.get("user_comment"), exif.get("description")
+    make, model, software = exif.get("camera_make"), exif.get("camera_model"), exif.get("software")
     if model and model.startswith("prompt:") or make and make.startswith("workflow:"):
         graph = _json(model[len("prompt:"):]) if model and model.startswith("prompt:") else None
         return _result("comfyui", parse_comfy(graph) if isinstance(graph, dict) else {}, blocks)
@@ -396,6 +388,26 @@ def parse_generation(text: dict[str, str], exif: dict[str, Any], xmp: str | None
     if software and "NovelAI" in software:
         return _result("novelai", {"prompt": _clean(desc)}, blocks)
 
+    return None
+
+
+def parse_generation(text: dict[str, str], exif: dict[str, Any], xmp: str | None, c2pa: bool,
+                     comment: str | None = None, alpha: Callable[[], Any] | None = None
+                     ) -> dict[str, Any]:
+    """``ai_source`` and the generation fields from the blocks a container holds."""
+    blocks: dict[str, Any] = dict(text)
+    uc, desc = exif.get("user_comment"), exif.get("description")
+    make, model, software = exif.get("camera_make"), exif.get("camera_model"), exif.get("software")
+    for key, value in (("exif:UserComment", uc), ("exif:ImageDescription", desc),
+                       ("exif:Make", make), ("exif:Model", model), ("exif:Software", software),
+                       ("xmp", xmp)):
+        if value:
+            blocks[key] = value
+    if c2pa:
+        blocks["c2pa"] = True
+    found = _from_png_text(text, blocks) or _from_exif(exif, blocks)
+    if found is not None:
+        return found
     # XMP (Draw Things), C2PA (ChatGPT, Gemini, Microsoft Designer)
     if xmp and "Draw Things" in xmp:
         fields = {"prompt": _xmp_field(xmp, "dc:description")}
