@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from .config import Config, default_db_dir, load_config
-from .errors import ConfigError, QueryMemoryError
+from .errors import ConfigError, QueryMemoryError, command_line
 from .features.modelcfg import known_dim
+from .search.cache import QueryCache, file_stamp
 from .store import DB_FILE, MANIFEST_FILE, Store
 
 if TYPE_CHECKING:
@@ -35,50 +36,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class QueryCache:
-    """Query results kept for ``cache_ttl_seconds``, the ``search_cache_size`` most
-    recently used (cachetools' TTL + LRU cache); 0 for either turns it off.
-
-    Keys include the index files' (size, mtime), so any write to the index
-    invalidates every cached answer.
-    """
-
-    def __init__(self, size: int, ttl: float):
-        self.size, self.ttl = size, ttl
-        self._items: Any = None
-        self.hits = self.misses = 0
-
-    def _cache(self) -> Any:
-        """The TTL cache, made on first use (an `index` run never imports cachetools)."""
-        if self._items is None and self.size > 0 and self.ttl > 0:
-            from cachetools import TTLCache
-
-            self._items = TTLCache(self.size, self.ttl)
-        return self._items
-
-    def get(self, key: tuple) -> Any | None:
-        items = self._cache()
-        value = None if items is None else items.get(key)
-        if value is None:
-            self.misses += 1
-        else:
-            self.hits += 1
-        return value
-
-    def put(self, key: tuple, value: Any) -> None:
-        items = self._cache()
-        if items is not None:
-            items[key] = value
-
-
-def _stamp(path: Path) -> tuple[int, int]:
-    try:
-        st = path.stat()
-        return st.st_size, st.st_mtime_ns
-    except OSError:
-        return -1, -1
-
-
 class AliceIndex:
     """One index folder. Each call opens the store for just as long as it needs it."""
 
@@ -90,7 +47,7 @@ class AliceIndex:
 
     def _cache_key(self, *parts: Any) -> tuple:
         db = self.folder / DB_FILE
-        return (*parts, _stamp(db), _stamp(db.with_name(DB_FILE + ".wal")))
+        return (*parts, file_stamp(db), file_stamp(db.with_name(DB_FILE + ".wal")))
 
     def _manifest(self) -> dict[str, Any]:
         try:
@@ -135,12 +92,10 @@ class AliceIndex:
                                          performance__batch_size=batch_size,
                                          performance__max_workers=workers,
                                          decode__engine=decode)
-        from .pipeline import run_index
-        from .search.vectors import VectorIndex
-
         roots = [os.path.expanduser(os.fspath(p)) for p in paths]
         dev = None
-        if cfg.device not in ("auto", "cpu") or cfg.decode.engine == "gpu":
+        local = engine == "local" and ray_engine is None
+        if local and (cfg.device not in ("auto", "cpu") or cfg.decode.engine == "gpu"):
             from .gpu.devices import select_device
 
             dev = select_device(cfg.device)  # an explicit GPU request fails up front
@@ -148,14 +103,27 @@ class AliceIndex:
                 raise ConfigError("--decode gpu needs a CUDA device (--device cuda)")
         if engine not in ("local", "ray"):
             raise ConfigError(f"unknown engine {engine!r} (choose from local, ray)")
+        if not local and cfg.decode.engine == "gpu":
+            raise ConfigError("--decode gpu goes with the local engine (--engine local)")
         if engine == "ray" and ray_engine is None:
-            from .pipeline.ray_engine import RayEngine, import_ray
+            from .pipeline.ray_engine import RayEngine
 
-            import_ray()                           # not installed: say so before any work
             ray_engine = RayEngine(address, gpus_per_worker)
+        if ray_engine is not None:
+            ray_engine.prepare(cfg)    # connected, device chosen: or a one-line error now
+        try:
+            return self._run_index(roots, cfg, dev, progress, retry_failed, prune, ray_engine)
+        finally:
+            if ray_engine is not None:
+                ray_engine.close()
+
+    def _run_index(self, roots, cfg, dev, progress, retry_failed, prune, engine):
+        from .pipeline import run_index
+        from .search.vectors import VectorIndex
+
         with self._open(read_only=False) as store:
             summary = run_index(store, VectorIndex(store), roots, cfg, dev, progress,
-                                retry_failed, prune, engine=ray_engine)
+                                retry_failed, prune, engine=engine)
             if cfg.metadata.auto_tags:
                 store.auto_tags()
             return summary
@@ -175,16 +143,20 @@ class AliceIndex:
         cfg = self.config.with_overrides(device=device)
         k = k or cfg.query.k
         path = os.fspath(image)
-        key = self._cache_key("similar", os.path.abspath(path), _stamp(Path(path)), k, by,
+        key = self._cache_key("similar", os.path.abspath(path), file_stamp(Path(path)), k, by,
                               filters)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
+        from .pipeline.stages import featurise_outside
+
         with self._open(read_only=True) as store, _query_memory(cfg):
             vectors = VectorIndex(store, mmap=True, memory_mb=cfg.query.memory_mb)
             allowed = _allowed(store, filters)
+            featurise = featurise_outside(cfg, store.model, store.embedding_count() > 0,
+                                          by == "embedding")
             result = similar(store, vectors, path, k=k, by=by, cfg=cfg, device=cfg.device,
-                             allowed=allowed)
+                             allowed=allowed, featurise=featurise)
         self.cache.put(key, result)
         return result
 
@@ -221,36 +193,27 @@ class AliceIndex:
         ``move_to``, keeping its path relative to its indexed root, with a journal for
         :meth:`undo`; the index follows. A journal a killed run left open in ``move_to``
         is finished first. ``dry_run``: only the plan."""
-        from .actions.moves import Mover, MoveReport, plan_moves
+        from .actions.moves import move_duplicates
         from .search.queries import check_tiers
 
         acting = check_tiers(act_on or self.config.query.act_on, "--act-on tier")
-        dest = os.path.abspath(os.path.expanduser(os.fspath(move_to)))
-        report = MoveReport(None, dry_run=dry_run)
-        if not dry_run:
-            with self._open(read_only=False) as store:
-                mover = Mover(store)
-                for journal in mover.incomplete(dest):
-                    log.warning("finishing the moves of %s, which a run left open", journal)
-                    mover.resume(journal, report)
-        result = self.duplicates(by=by, threshold=threshold, device=device, keep=keep,
-                                 tiers=tiers, filters=filters)
-        with self._open(read_only=dry_run) as store:
-            plan = plan_moves(result.groups, dest, store.index_roots(), acting)
-            report.planned = plan
-            if not dry_run and plan:
-                Mover(store).move(plan, dest, report)
-        return result, report
+        return move_duplicates(
+            lambda read_only: self._open(read_only=read_only),
+            lambda: self.duplicates(by=by, threshold=threshold, device=device, keep=keep,
+                                    tiers=tiers, filters=filters),
+            os.fspath(move_to), acting, dry_run)
 
     def undo(self, journal: str | os.PathLike[str]) -> "MoveReport":
         """Put back every file a move journal moved (never over a file that is there now);
-        the index follows."""
-        from .actions.moves import Mover, MoveReport
+        the index follows. The journal must name this index (:func:`journal_index`)."""
+        from .actions.journal import header_index
+        from .actions.moves import undo_moves
 
-        report = MoveReport(str(journal))
+        header_index(Path(os.path.expanduser(os.fspath(journal))))   # readable, a journal
+        if not (self.folder / DB_FILE).exists():
+            raise ConfigError(f"no index at {self.folder}")
         with self._open(read_only=False) as store:
-            Mover(store).undo(Path(journal), report)
-        return report
+            return undo_moves(store, journal)
 
     def evaluate(self, ground_truth: str | os.PathLike[str], *, by: str = "tiered",
                  threshold: float | None = None, similar_by: str = "embedding",
@@ -314,7 +277,9 @@ class AliceIndex:
         with self._open(read_only=True) as store:
             row = store.record(key)
         if row is None:
-            raise QueryError(f"{path} is not in the index (run `alice-gpu index` on its folder)")
+            folder = os.path.dirname(key) or "."
+            raise QueryError(f"{path} is not in the index; add its folder with "
+                             f"{command_line('index', folder, '--db', self.folder)}")
         return row
 
     def tag(self, tag: str, *, add: bool = True, paths: Iterable[str | os.PathLike[str]] = (),
@@ -372,6 +337,18 @@ def _query_memory(cfg: Config) -> Iterator[None]:
             f"on a machine with more memory") from None
 
 
+def journal_index(journal: str | os.PathLike[str]) -> Path:
+    """The index a move journal was written for (``undo`` acts on it); an error when the
+    journal is unreadable or its index is gone."""
+    from .actions.journal import header_index
+
+    path = Path(os.path.expanduser(os.fspath(journal)))
+    folder = Path(header_index(path))
+    if not (folder / DB_FILE).exists():
+        raise ConfigError(f"{path} was written for the index at {folder}, which is gone")
+    return folder
+
+
 def open_index(db: str | os.PathLike[str] | None = None, *, config: Config | str | None = None
                ) -> AliceIndex:
     """Open (or prepare to create) the index in folder ``db`` (default: per-user folder)."""
@@ -380,4 +357,4 @@ def open_index(db: str | os.PathLike[str] | None = None, *, config: Config | str
     return AliceIndex(db, config)
 
 
-__all__ = ["AliceIndex", "open_index"]
+__all__ = ["AliceIndex", "journal_index", "open_index"]

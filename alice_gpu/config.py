@@ -22,6 +22,9 @@ HASH_NAMES = ("ahash", "dhash", "phash", "whash")
 QUERY_KINDS = ("embedding",) + HASH_NAMES
 # duplicates' tiers, strongest first: same bytes, hashes close, embedding close, look-alike
 TIERS = ("exact", "near", "edited", "similar")
+# what made a file (``ai_source``): the generators the metadata parsers recognise
+SOURCES = ("a1111", "comfyui", "invokeai", "novelai", "fooocus", "swarmui", "stability-matrix",
+           "tensorart", "civitai", "drawthings", "midjourney", "c2pa", "none")
 DUPLICATE_KINDS = ("tiered",) + QUERY_KINDS
 
 

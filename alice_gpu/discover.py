@@ -10,7 +10,8 @@ import logging
 import os
 import stat as statmod
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Mapping
 
 from .records import FileEntry
@@ -45,6 +46,7 @@ class Discovery:
     unchanged: list[FileEntry]     # same (size, mtime_ns): skipped unopened
     removed: list[str]             # known to the store under a walked root, gone from disk
     files_seen: int
+    skipped: dict[str, int] = field(default_factory=dict)   # not media: count by extension
 
 
 def sniff_media(path: str) -> bool:
@@ -72,16 +74,23 @@ def normalize_path(path: str | os.PathLike[str]) -> str:
     return os.path.normpath(os.path.abspath(os.fspath(path)))
 
 
-def _scan(folder: str) -> tuple[list[FileEntry], list[str]]:
-    """Media files and sub-folders of one folder (links, FIFOs, sockets, devices skipped)."""
+def _kind(name: str) -> str:
+    """How a skipped file is counted: its extension, lower case."""
+    return os.path.splitext(name)[1].lower() or "(no extension)"
+
+
+def _scan(folder: str) -> tuple[list[FileEntry], list[str], Counter]:
+    """Media files and sub-folders of one folder (links, FIFOs, sockets, devices skipped),
+    and the other visible files counted by extension."""
     files: list[FileEntry] = []
     subdirs: list[str] = []
+    skipped: Counter = Counter()
     try:
         with os.scandir(folder) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
         log.warning("cannot list %s: %s", folder, exc.strerror)
-        return files, subdirs
+        return files, subdirs, skipped
     for entry in entries:
         try:
             if entry.is_dir(follow_symlinks=False):
@@ -90,16 +99,20 @@ def _scan(folder: str) -> tuple[list[FileEntry], list[str]]:
             if not entry.is_file(follow_symlinks=False):
                 continue  # symlinks, FIFOs, sockets, devices: never opened
             if not is_media(entry.path):
+                if not entry.name.startswith("."):
+                    skipped[_kind(entry.name)] += 1
                 continue
             st = entry.stat(follow_symlinks=False)
         except OSError:
             continue  # vanished while listing
         files.append(FileEntry(entry.path, st.st_size, st.st_mtime_ns))
-    return files, subdirs
+    return files, subdirs, skipped
 
 
-def walk(roots: Iterable[str | os.PathLike[str]], threads: int = 1) -> Iterator[FileEntry]:
-    """Yield every regular media file under ``roots``, folder by folder (iterative).
+def walk(roots: Iterable[str | os.PathLike[str]], threads: int = 1,
+         skipped: Counter | None = None) -> Iterator[FileEntry]:
+    """Yield every regular media file under ``roots``, folder by folder (iterative);
+    ``skipped`` counts the other files by extension.
 
     With ``threads`` > 1 the folders of each level are listed and stat'ed on a
     thread pool (``parallel_metadata_extraction``): the system calls release the GIL.
@@ -116,14 +129,18 @@ def walk(roots: Iterable[str | os.PathLike[str]], threads: int = 1) -> Iterator[
             if statmod.S_ISREG(st.st_mode):
                 if is_media(root):
                     yield FileEntry(root, st.st_size, st.st_mtime_ns)
+                elif skipped is not None:
+                    skipped[_kind(root)] += 1
                 continue
             level = [root]
             while level:
                 results = pool.map(_scan, level) if pool and len(level) > 1 else map(_scan, level)
                 nxt: list[str] = []
-                for files, subdirs in results:
+                for files, subdirs, other in results:
                     yield from files
                     nxt.extend(subdirs)
+                    if skipped is not None:
+                        skipped.update(other)
                 level = nxt
     finally:
         if pool is not None:
@@ -146,7 +163,8 @@ def discover(roots: Iterable[str | os.PathLike[str]],
     todo: list[FileEntry] = []
     unchanged: list[FileEntry] = []
     seen: set[str] = set()
-    for entry in walk(roots, threads):
+    skipped: Counter = Counter()
+    for entry in walk(roots, threads, skipped):
         if entry.path in seen:
             continue
         seen.add(entry.path)
@@ -157,5 +175,6 @@ def discover(roots: Iterable[str | os.PathLike[str]],
     present_roots = [r for r in roots if os.path.exists(r)]
     removed = sorted(p for p in known if p not in seen and _under(p, present_roots)
                      and not os.path.exists(p))
-    return Discovery(todo=todo, unchanged=unchanged, removed=removed, files_seen=len(seen))
+    return Discovery(todo=todo, unchanged=unchanged, removed=removed, files_seen=len(seen),
+                     skipped=dict(skipped))
 

@@ -42,6 +42,16 @@ class StorageError(StoreError):
     """Writing the index failed (disk full, I/O error) after a safe rollback: exit 4."""
 
 
+def command_line(*args: object) -> str:
+    """A command a user can paste as printed: ``alice-gpu`` and each argument shell-quoted
+    (file names that are not UTF-8 shown escaped)."""
+    import shlex
+
+    words = ["alice-gpu", *(str(a) for a in args)]
+    return " ".join(shlex.quote(w.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+                    for w in words)
+
+
 def is_storage_failure(exc: BaseException) -> bool:
     """Disk full or an I/O error: retrying row by row cannot help, and no file is to blame."""
     import errno

@@ -32,9 +32,10 @@ sys.path.insert(0, str(REPO))
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from alice_gpu.discovery import FileEntry, walk  # noqa: E402
-from alice_gpu.decoding import DecodePlan  # noqa: E402
-from alice_gpu.hashing_cpu import decode_and_hash  # noqa: E402
+from alice_gpu.decode import DecodePlan  # noqa: E402
+from alice_gpu.discover import walk  # noqa: E402
+from alice_gpu.features.worker import decode_and_hash  # noqa: E402
+from alice_gpu.records import FileEntry  # noqa: E402
 
 DATA = REPO.parent / "shared" / "data"
 

@@ -92,3 +92,23 @@ def test_unsupported_formats_are_named(tmp_path):
         (tmp_path / name).write_bytes(data)
         d = decode_path(str(tmp_path / name), 64)
         assert d.status == STATUS_FAILED and d.error.startswith(says), d.error
+
+
+@pytest.mark.parametrize("name", ["kimono.avif", "kimono.rotate90.avif", "kimono.rotate270.avif",
+                                  "kimono.mirror-horizontal.avif", "kimono.mirror-vertical.avif",
+                                  "kimono.mirror-vertical.rotate270.avif", "kimono.crop.avif"])
+def test_report_thumbnails_show_what_the_index_saw(name):
+    """The HTML report's thumbnail is turned (and cropped) once, as decoding does: a
+    rotated AVIF is not shown upright under a caption saying it is rotated."""
+    import base64
+    import io
+
+    from alice_gpu.actions.report import thumbnail
+
+    uri, why = thumbnail(str(MODERN / "avif" / name), 128)
+    assert uri is not None, why
+    thumb = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB")
+    d = decode_path(str(MODERN / "avif" / name), 64)
+    assert thumb.width / thumb.height == pytest.approx(d.width / d.height, rel=0.02)
+    small = np.asarray(thumb.resize((64, 64), Image.Resampling.LANCZOS), np.int16)
+    assert np.abs(small - d.pixels.astype(np.int16)).mean() < 6.0

@@ -152,7 +152,7 @@ def test_hash_only_decode_path_keeps_compatibility(photo_set, reference_hashes):
 
     from alice_gpu.config import Config
     from alice_gpu.features.worker import decode_and_hash
-    from alice_gpu.pipeline.run import decode_plan
+    from alice_gpu.pipeline.stages import decode_plan
     from alice_gpu.records import FileEntry
 
     _, paths, _ = photo_set

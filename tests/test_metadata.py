@@ -4,6 +4,7 @@ ai_generated set, EXIF facts of real photos, and the find / show / tag commands.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 import zlib
@@ -228,7 +229,10 @@ def test_find_document_and_filters(library):
     r = results[0]
     assert {"path", "ai_source", "prompt", "tags", "taken_at", "camera", "phash", "dhash", "ahash",
             "whash"} <= set(r)
-    assert len(r["phash"]) == 16 and int(r["phash"], 16) >= 0
+    shown = json.loads(run_cli("show", r["path"], "--db", db, "--json")[1])
+    assert re.fullmatch(r"[0-9a-f]{16}", r["phash"]) and r["phash"] == shown["phash"]
+    assert [r[h] for h in ("ahash", "dhash", "whash")] == [shown[h] for h in
+                                                          ("ahash", "dhash", "whash")]
     code, out, _ = run_cli("find", "--prompt", "HATSUNE miku", "--source", "novelai", "--db", db,
                            "--json")
     assert code == 0 and len(json.loads(out)["results"]) == 3
@@ -298,3 +302,34 @@ def test_similar_and_duplicates_take_the_same_filters(library):
     assert code == 0
     for g in json.loads(out)["groups"]:
         assert {f["path"] for f in g["files"]} <= pngs
+
+
+@pytest.mark.parametrize("rel, positive, negative", [
+    ("comfyui_examples/flux/flux_depth_lora_example.png", "a photograph of a shark", None),
+    ("comfyui_examples/wan/image_to_video_wan_example.webp", None, "node 7"),
+])
+def test_a_node_passing_positive_and_negative_on_gives_each_its_own_text(parsed, rel, positive,
+                                                                         negative):
+    """InstructPixToPixConditioning, WanImageToVideo...: the sampler's negative comes from
+    the node's second output, which carries its negative input, not its positive one."""
+    m = parsed[rel]
+    assert m["prompt"] and m["prompt"] != m["negative_prompt"]
+    if positive:
+        assert m["prompt"].startswith(positive)
+    if negative is None:
+        assert m["negative_prompt"] is None               # the negative text is empty
+    else:                                                 # the text of node 7 itself
+        graph = _graph(rel)
+        assert m["negative_prompt"] == graph["7"]["inputs"]["text"].strip()
+
+
+def _graph(rel: str) -> dict:
+    from PIL import Image
+
+    im = Image.open(AI / rel)
+    text = im.info.get("prompt")
+    if text is None:                                      # ComfyUI's WebP: EXIF Make/Model
+        exif = im.getexif()
+        text = next(v.split(":", 1)[1] for v in exif.values()
+                    if isinstance(v, str) and v.startswith("prompt:"))
+    return json.loads(text)

@@ -130,9 +130,9 @@ _CHILD = textwrap.dedent("""
     def die():
         os.kill(os.getpid(), signal.SIGKILL)
 
-    real_relocate, real_follow = moves._relocate, moves.Mover._follow
+    real_relocate, real_follow = moves.relocate, moves.Mover._follow
 
-    def relocate(src, dst):
+    def relocate(src, dst, allowed=None):
         calls["n"] += 1
         if calls["n"] > after:
             if point == "before_move":
@@ -141,7 +141,7 @@ _CHILD = textwrap.dedent("""
                 os.makedirs(os.path.dirname(dst), exist_ok=True)
                 os.link(src, dst)
                 die()
-        real_relocate(src, dst)
+        real_relocate(src, dst, allowed)
         if calls["n"] > after and point == "after_move":
             die()
 
@@ -150,7 +150,7 @@ _CHILD = textwrap.dedent("""
             die()
         real_follow(self, pairs)
 
-    moves._relocate, moves.Mover._follow = relocate, follow
+    moves.relocate, moves.Mover._follow = relocate, follow
     open_index(db).move_duplicates(dest)
 """)
 
@@ -210,19 +210,25 @@ def test_move_refuses_bad_usage(tmp_path):
 
 
 def test_across_filesystems_a_move_copies_and_undo_restores_mtime(tmp_path, photos, monkeypatch):
-    """Where hard links fail (another filesystem: EXDEV), a file is copied under a
-    temporary name, fsynced, renamed into place, and only then removed."""
+    """Where hard links fail (another filesystem: EXDEV), a file is copied to a temporary
+    file created exclusively beside its destination, fsynced, linked into place (never
+    over a file), and only then removed."""
     import errno
 
     from alice_gpu.actions import moves
+    from alice_gpu.actions.files import TMP_SUFFIX
 
     media = _library(tmp_path, photos, copies=2)
     db, dest = tmp_path / "db", tmp_path / "dups"
     run_cli("index", media, "--db", db, "--no-embed")
     before, ids_before = _snapshot(media), _indexed_paths(db)
 
-    def no_link(src, dst):
-        raise OSError(errno.EXDEV, "Invalid cross-device link")
+    real_link = os.link
+
+    def no_link(src, dst, **kwargs):          # across filesystems: only the temp copy links
+        if not str(src).endswith(TMP_SUFFIX):
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real_link(src, dst, **kwargs)
 
     monkeypatch.setattr(moves.os, "link", no_link)
     code, out, _ = run_cli("duplicates", "--db", db, "--move-to", dest, "--json")

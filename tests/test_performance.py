@@ -175,7 +175,8 @@ def test_schema_1_is_migrated_with_a_backup(tmp_path):
     con.execute("ALTER TABLE runs DROP COLUMN metrics")
     con.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
     con.close()
-    with pytest.raises(Exception, match="run `alice-gpu index` once"):
+    # the hint is a command that works as printed: an index run on the index's folders
+    with pytest.raises(Exception, match=r"migrate it once with alice-gpu index \S+ --db "):
         Store(folder, model="test", dim=4, read_only=True)
     with Store(folder, model="test", dim=4) as store:
         assert stored_version(store.con) == SCHEMA_VERSION

@@ -37,32 +37,53 @@ def _rows(db) -> list[str]:
         con.close()
 
 
+# the CLI with the run's hand-over of rows held at HOLD_AT files until RELEASE exists: a
+# signal sent meanwhile always lands mid-run, however fast the machine
+HELD_CLI = """
+import os, sys, time
+from alice_gpu.pipeline import run
+real, hold = run._IndexJob._emit, int(os.environ["HOLD_AT"])
+def emit(self, records):
+    while self.done >= hold and not os.path.exists(os.environ["RELEASE"]):
+        time.sleep(0.01)
+    real(self, records)
+run._IndexJob._emit = emit
+from alice_gpu.cli import main
+sys.argv[0] = "alice-gpu"
+main()
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_commits_what_is_done_and_exits_130(photos_copy, tmp_path, sig):
     db = tmp_path / "db"
     cfg = tmp_path / "commits.yaml"    # small transactions: progress is visible on disk
     cfg.write_text("performance:\n  batch_size: 20\n  transaction_size: 20\n")
-    proc = subprocess.Popen([EXE, "index", str(photos_copy), "--db", str(db), "--device", "cpu",
-                             "--config", str(cfg), "--workers", "2", "--progress", "jsonl"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    release = tmp_path / "release"
+    proc = subprocess.Popen([sys.executable, "-c", HELD_CLI, "index", str(photos_copy),
+                             "--db", str(db), "--device", "cpu", "--config", str(cfg),
+                             "--workers", "2", "--no-embed", "--progress", "jsonl"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "RELEASE": str(release), "HOLD_AT": "60"})
     seen = []
     for line in proc.stderr:           # the run's own progress events
         seen.append(line)
         if line.startswith("{") and json.loads(line)["committed"] >= 40:   # two commits landed
             break
     proc.send_signal(sig)
+    release.write_text("go")           # after the signal: the run is still holding
     out, rest = proc.communicate(timeout=600)
     err = "".join(seen) + rest
     assert proc.returncode == 130, err[-2000:]
     m = re.search(r"interrupted: (\d+) files done and committed, (\d+) pending", err)
     assert m, err[-2000:]
     done, pending = int(m.group(1)), int(m.group(2))
-    assert done + pending == 462 and 0 < done < 462
+    assert done + pending == 462 and 60 <= done < 462
     rows = _rows(db)
     assert len(rows) == len(set(rows)) == done          # committed exactly what it said
-    again = subprocess.run([EXE, "index", str(photos_copy), "--db", str(db), "--json"],
-                           capture_output=True, text=True, timeout=300)
+    again = subprocess.run([EXE, "index", str(photos_copy), "--db", str(db), "--no-embed",
+                            "--json"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr[-2000:]
     summary = json.loads(again.stdout)
     assert (summary["unchanged"], summary["decoded"]) == (done, pending)
@@ -293,7 +314,7 @@ def test_a_crash_during_in_process_decoding_sends_the_next_run_to_isolated_worke
                                                                                   photos):
     """Small jobs decode in-process; a file that kills the process cannot be caught there.
     The marker left behind makes the next run use workers, which record the culprit."""
-    from alice_gpu.pipeline.run import _InProcessGuard
+    from alice_gpu.pipeline.local import _InProcessGuard
 
     media, db = tmp_path / "media", tmp_path / "db"
     media.mkdir()
@@ -336,7 +357,7 @@ def test_a_hang_during_in_process_decoding_is_timed_out_and_recorded(tmp_path, p
 
     monkeypatch.setattr(hc, "decode_file", hangs)
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("decode:\n  timeout_seconds: 1\n")
+    cfg.write_text("decode:\n  timeout_seconds: 2\n")     # counts only the file's own decode
     idx = alice_gpu.open_index(tmp_path / "db", config=load_config(cfg))
     try:
         summary = idx.index([media], embed=False)   # returns only if the hang was left behind
@@ -373,7 +394,8 @@ def test_a_file_that_kills_or_hangs_its_decoder_is_the_only_casualty(tmp_path, p
     monkeypatch.setattr(hc, "decode_file", faulty)
     monkeypatch.setenv("ALICE_GPU_START_METHOD", "fork")   # workers inherit the fault
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("performance:\n  max_workers: 2\n  batch_size: 20\ndecode:\n  timeout_seconds: 1\n"
+    # the deadline counts only the file's own decode in its worker, never a pool's restart
+    cfg.write_text("performance:\n  max_workers: 2\n  batch_size: 20\ndecode:\n  timeout_seconds: 2\n"
                    "  parallel_threshold: 8\n")
     idx = alice_gpu.open_index(tmp_path / "db", config=load_config(cfg))
     summary = idx.index([media], embed=False)
@@ -382,3 +404,25 @@ def test_a_file_that_kills_or_hangs_its_decoder_is_the_only_casualty(tmp_path, p
     assert [f.path for f in summary.failed_files] == [str(culprit)]
     reason = summary.failed_files[0].error
     assert ("crashed" in reason) if fault == "crash" else ("timeout" in reason)
+
+
+def test_a_forked_child_decodes_with_a_helper_of_its_own():
+    """The deadline's helper thread is per process: a worker forked from a process that
+    has one must not hand its files to a thread it did not inherit (they would all time out)."""
+    from alice_gpu.decode.deadline import DecodeTimeout, within
+
+    assert within(5, lambda: 1) == 1                     # this process has a helper now
+    pid = os.fork()
+    if pid == 0:                                         # the child: exits 0 only if served
+        try:
+            os._exit(0 if within(5, lambda: 2) == 2 else 1)
+        except BaseException:  # noqa: BLE001 - any failure is the exit code
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with pytest.raises(DecodeTimeout):
+        release = threading.Event()
+        try:
+            within(0.2, lambda: release.wait(60))
+        finally:
+            release.set()

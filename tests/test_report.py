@@ -71,7 +71,11 @@ def test_headless_chromium_decodes_every_thumbnail(report):
     browser = _browser()
     try:
         browser.get(page.as_uri())
-        browser.execute_script("return document.readyState")
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(browser, 60).until(lambda b: b.execute_script(
+            "return document.readyState === 'complete' && "
+            "Array.from(document.images).every(i => i.complete)"))
         images = browser.find_elements("css selector", "img")
         assert len(images) == 6                         # 3 groups of 2 files
         widths = browser.execute_script(

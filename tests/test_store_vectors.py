@@ -176,31 +176,6 @@ def test_hamming_topk_orders_by_distance_then_row():
     assert hamming_topk(0, np.zeros(0, np.uint64), 3)[1].tolist() == []
 
 
-# ------------------------------------------------------------------ groups
-
-def _reference_groups(a, b) -> set[frozenset[int]]:
-    """Connected components by repeated merging (the reference, quadratic but obvious)."""
-    groups: list[set[int]] = []
-    for x, y in zip(a, b):
-        joined = [g for g in groups if x in g or y in g]
-        merged = {x, y}.union(*joined)
-        groups = [g for g in groups if not (x in g or y in g)] + [merged]
-    return {frozenset(g) for g in groups}
-
-
-@pytest.mark.parametrize("seed", range(5))
-def test_connected_groups_equal_the_reference(seed):
-    from alice_gpu.search.groups import connected_groups
-
-    rng = np.random.default_rng(seed)
-    ids = rng.choice(10_000, 60, replace=False)          # sparse, large ids
-    a, b = rng.choice(ids, 40), rng.choice(ids, 40)
-    got = connected_groups(a, b)
-    assert all(np.all(np.diff(g) > 0) for g in got)       # each group sorted, no repeats
-    assert {frozenset(g.tolist()) for g in got} == _reference_groups(a.tolist(), b.tolist())
-    assert connected_groups(np.zeros(0, np.int64), np.zeros(0, np.int64)) == []
-
-
 def test_small_duplicate_pairs_are_the_flat_range_search_without_faiss(store):
     """Below DENSE_PAIRS_MAX duplicates' pairs come from one numpy product over the stored
     vectors; they must equal FAISS's exact range search over the same vectors."""

@@ -7,8 +7,10 @@ pipeline; it writes to the index only to make it follow the files it moves.
 
 def human_bytes(n: float) -> str:
     """A file size as people read it: 812 B, 80.7 KB, 2.1 MB (powers of 1000)."""
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+    if n < 1000:
+        return f"{n:.0f} B"
+    for unit in ("KB", "MB"):
         n /= 1000
-    return f"{n} B"
+        if n < 1000:
+            return f"{n:.1f} {unit}"
+    return f"{n / 1000:.1f} GB"

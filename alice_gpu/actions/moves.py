@@ -1,39 +1,39 @@
 """Actions, moves: the non-keepers of duplicate groups go to a folder, with a journal and undo.
 
-Nothing is ever deleted. Each move is written to the journal (and fsynced)
-before it happens and marked done after, so a run killed at any point, ``kill
--9`` included, leaves every file either where it was or where the journal says
-it went; the next ``--move-to`` into the same folder, or ``undo``, finishes the
-job. A move is a ``rename`` (atomic, keeps the mtime) on one filesystem; across
-filesystems it is copy to a temporary name, fsync, rename into place, then
-unlink of the source, so a file is never only half somewhere. The index follows
-each file (its row's path changes; its id, features and vector stay).
-
-The journal is JSON lines: a header, then ``move`` / ``moved`` / ``unmoved``
-records, then ``end`` when every planned move is settled.
+Nothing is ever deleted or overwritten. Each move is written to the journal
+(and fsynced) before it happens and marked done after, so a run killed at any
+point, ``kill -9`` included, leaves every file either where it was or where the
+journal says it went; the next ``--move-to`` into the same folder, or ``undo``,
+finishes the job, but only after :mod:`.journal` has checked that the journal
+is this index's and stays inside its folders. A move is a hard link then an
+unlink; across filesystems the bytes go to a temporary file created
+exclusively, which is then linked into place, so a file that appears at the
+destination meanwhile is never overwritten. Symlinks are never followed at
+either end. A file that cannot be moved is a counted problem, and the rest go on.
+The index follows each file (its row's path changes; its id, features and vector stay).
 """
 
 from __future__ import annotations
 
-import errno
-import filecmp
-import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from ..errors import QueryError
-from ..store import Store
+from . import files
+from .files import regular, same_file, settle, why
+from .journal import (JOURNAL_GLOB, JOURNAL_KIND, JOURNAL_VERSION, Bounds, Journal,
+                      check_journal, real)
+
+if TYPE_CHECKING:
+    from ..store import Store
 
 log = logging.getLogger(__name__)
 
-JOURNAL_GLOB = "alice-gpu-journal-*.jsonl"
-JOURNAL_VERSION = 1
-_TMP_SUFFIX = ".alice-gpu-partial"
+FOLLOW_BATCH = 256        # moves per index update
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,10 @@ class MoveReport:
         return {"journal": self.journal, "dry_run": self.dry_run, "moved": self.moved,
                 "restored": self.restored, "resumed": self.resumed,
                 "planned": [asdict(p) for p in self.planned], "problems": self.problems}
+
+    def problem(self, path: str, why: str) -> str:
+        self.problems.append({"path": path, "reason": why})
+        return why
 
 
 def relative_to_root(path: str, roots: Iterable[str]) -> str:
@@ -99,112 +103,39 @@ def plan_moves(groups: list, move_to: str, roots: Iterable[str], act_on: list[st
     return out
 
 
-class Journal:
-    """Append-only JSON lines, each fsynced: what is written survives a kill."""
+# ------------------------------------------------------------------ journals of one folder
 
-    def __init__(self, path: Path):
-        self.path = path
-        self.fh = open(path, "a", encoding="utf-8")
-        if self.fh.tell() and not path.read_bytes().endswith(b"\n"):
-            self.fh.write("\n")        # end a line a kill cut short, so it stays one bad line
-
-    def write(self, **record) -> None:
-        self.fh.write(json.dumps(record, ensure_ascii=True) + "\n")   # lone surrogates escaped
-        self.fh.flush()
-        os.fsync(self.fh.fileno())
-
-    def close(self) -> None:
-        self.fh.close()
-
-    @staticmethod
-    def read(path: Path) -> list[dict]:
-        out = []
-        try:
-            with open(path, encoding="utf-8") as fh:
-                for line in fh:
-                    try:
-                        out.append(json.loads(line))
-                    except ValueError:          # a line cut by a kill: it was never acted on
-                        continue
-        except OSError as exc:
-            raise QueryError(f"cannot read journal {path}: {exc.strerror}") from None
-        if not out or out[0].get("journal") != "alice-gpu moves":
-            raise QueryError(f"{path} is not an alice-gpu move journal")
-        return out
+relocate = files.relocate      # a module attribute: the tests' kill points wrap it
 
 
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _relocate(src: str, dst: str) -> None:
-    """Move one file without ever having it only half somewhere; refuses to overwrite."""
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    if os.path.lexists(dst):
-        raise FileExistsError(f"{dst} already exists")
-    try:
-        os.link(src, dst)              # atomic, and fails instead of overwriting
-        os.unlink(src)
-    except OSError as exc:
-        if os.path.lexists(dst) and os.path.samefile(src, dst):
-            os.unlink(src)             # the link was made: finish the move
-        elif exc.errno in (errno.EXDEV, errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS):
-            # another filesystem, or one without hard links: copy instead
-            tmp = dst + _TMP_SUFFIX
-            shutil.copy2(src, tmp)     # bytes and mtime
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-            if os.path.lexists(dst):
-                raise FileExistsError(f"{dst} already exists") from None
-            os.rename(tmp, dst)
-            os.unlink(src)
-        else:
-            raise
-    _fsync_dir(os.path.dirname(dst))
-    _fsync_dir(os.path.dirname(src) or ".")
-
-
-def _settle(src: str, dst: str) -> str:
-    """Where a planned move stands after a kill: 'done', 'todo' or a problem."""
-    at_src, at_dst = os.path.lexists(src), os.path.lexists(dst)
-    if at_src and at_dst:
-        # killed between link and unlink, or after a cross-filesystem copy was renamed
-        # into place: the source goes only when the destination holds the same bytes
-        if os.path.samefile(src, dst) or filecmp.cmp(src, dst, shallow=False):
-            os.unlink(src)
-            return "done"
-        return "both"
-    if at_dst:
-        return "done"
-    if at_src:
-        partial = dst + _TMP_SUFFIX                # a copy cut short: the source is whole
-        if os.path.lexists(partial):
-            os.unlink(partial)
-        return "todo"
-    return "missing"
+def _reason(state: str, src: str, dst: str) -> str:
+    if state == "both":
+        return f"both {src} and {dst} exist; left as they are"
+    return "the file is gone from both places"
 
 
 class Mover:
-    """Carries out (or finishes) the moves of journals in one folder, updating the index."""
+    """Carries out, finishes or undoes the moves of journals in one folder, and makes
+    the index follow; a journal is checked (:func:`.journal.check_journal`) first."""
 
-    def __init__(self, store: Store):
-        self.store = store
+    def __init__(self, store: "Store", folder: str | os.PathLike[str],
+                 batch: int = FOLLOW_BATCH):
+        self.store, self.batch = store, batch
+        self.folder = os.path.abspath(os.fspath(folder))
+        self.bounds = Bounds.of(self.folder, store.index_roots())
 
     def _follow(self, pairs: list[tuple[str, str]]) -> None:
+        """The index follows these moves."""
         if pairs:
             self.store.move_paths(pairs)
 
-    def incomplete(self, move_to: str) -> list[Path]:
-        folder = Path(move_to)
+    def _records(self, path: Path) -> list[dict]:
+        entries = Journal.entries(path)
+        check_journal(path, entries, self.store.folder, self.bounds)
+        return [e.record for e in entries]
+
+    def incomplete(self) -> list[Path]:
+        folder = Path(self.folder)
         if not folder.is_dir():
             return []
         return [p for p in sorted(folder.glob(JOURNAL_GLOB))
@@ -212,118 +143,169 @@ class Mover:
 
     def resume(self, path: Path, report: MoveReport) -> None:
         """Finish a journal a killed run left open: every planned move is done or undone."""
-        records = Journal.read(path)
-        done = {r["src"] for r in records if r.get("op") == "moved"}
+        records = self._records(path)
+        done = {r["src"] for r in records if r.get("op") in ("moved", "skipped")}
+        # moves done before the kill whose index update may not have been committed
+        follow = [(r["src"], r["dst"]) for r in records if r.get("op") == "moved"]
         journal = Journal(path)
         try:
-            follow = []
             for r in records:
-                if r.get("op") != "move" or r["src"] in done:
-                    continue
-                state = _settle(r["src"], r["dst"])
-                if state == "todo":
-                    _relocate(r["src"], r["dst"])
-                    state = "done"
-                if state == "done":
-                    journal.write(op="moved", src=r["src"], dst=r["dst"])
-                    follow.append((r["src"], r["dst"]))
-                    report.resumed += 1
-                else:
-                    report.problems.append({"path": r["src"], "reason": _reason(state, r)})
-                    journal.write(op="skipped", src=r["src"], reason=state)
-            # moves done before the kill whose index update may not have been committed
-            follow += [(r["src"], r["dst"]) for r in records if r.get("op") == "moved"]
+                if r.get("op") == "move" and r["src"] not in done:
+                    pair = self._finish_one(r["src"], r["dst"], journal, report)
+                    if pair:
+                        follow.append(pair)
             self._follow(follow)
+            follow = []
             journal.write(op="end", at=time.time())
         finally:
             journal.close()
+            self._follow(follow)
 
-    def move(self, plan: list[PlannedMove], move_to: str, report: MoveReport,
-             batch: int = 256) -> None:
-        os.makedirs(move_to, exist_ok=True)
-        path = Path(move_to) / time.strftime("alice-gpu-journal-%Y%m%d-%H%M%S.jsonl")
+    def _finish_one(self, src: str, dst: str, journal: Journal, report: MoveReport
+                    ) -> tuple[str, str] | None:
+        try:
+            state = settle(src, dst)
+            if state == "todo":
+                relocate(src, dst, self.bounds.dst_problem)
+                state = "done"
+        except OSError as exc:
+            journal.write(op="skipped", src=src, reason=report.problem(src, why(exc)))
+            return None
+        if state != "done":
+            journal.write(op="skipped", src=src,
+                          reason=report.problem(src, _reason(state, src, dst)))
+            return None
+        journal.write(op="moved", src=src, dst=dst)
+        report.resumed += 1
+        return src, dst
+
+    def _new_journal(self) -> Path:
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+        except OSError as exc:
+            raise QueryError(f"cannot create the move folder {self.folder}: {why(exc)}") from None
+        path = Path(self.folder) / time.strftime("alice-gpu-journal-%Y%m%d-%H%M%S.jsonl")
         k = 1
         while path.exists():
             path = path.with_name(time.strftime(f"alice-gpu-journal-%Y%m%d-%H%M%S-{k}.jsonl"))
             k += 1
+        return path
+
+    def move(self, plan: list[PlannedMove], report: MoveReport) -> None:
+        path = self._new_journal()
         report.journal = str(path)
         journal = Journal(path)
+        follow: list[tuple[str, str]] = []
         try:
-            journal.write(journal="alice-gpu moves", version=JOURNAL_VERSION,
-                          db=str(self.store.folder), move_to=os.path.abspath(move_to),
-                          at=time.time())
-            for start in range(0, len(plan), batch):
-                follow = []
-                for m in plan[start:start + batch]:
-                    if os.path.lexists(m.dst):
-                        report.problems.append({"path": m.src, "reason":
-                                                f"{m.dst} already exists; not overwritten"})
-                        continue
-                    try:
-                        st = os.stat(m.src)
-                    except OSError as exc:
-                        report.problems.append({"path": m.src, "reason": exc.strerror})
-                        continue
-                    journal.write(op="move", src=m.src, dst=m.dst, size=st.st_size,
-                                  mtime_ns=st.st_mtime_ns, group=m.group, tier=m.tier)
-                    try:
-                        _relocate(m.src, m.dst)
-                    except OSError as exc:
-                        report.problems.append({"path": m.src, "reason": str(exc)})
-                        journal.write(op="skipped", src=m.src, reason=str(exc))
-                        continue
-                    journal.write(op="moved", src=m.src, dst=m.dst)
-                    follow.append((m.src, m.dst))
-                    report.moved += 1
-                self._follow(follow)
+            journal.write(journal=JOURNAL_KIND, version=JOURNAL_VERSION,
+                          db=real(self.store.folder), move_to=real(self.folder), at=time.time())
+            for m in plan:
+                pair = self._move_one(m, journal, report)
+                if pair:
+                    follow.append(pair)
+                if len(follow) >= self.batch:
+                    self._follow(follow)
+                    follow = []
+            self._follow(follow)                  # the index follows before the journal ends
+            follow = []
             journal.write(op="end", at=time.time())
         finally:
             journal.close()
+            self._follow(follow)
+
+    def _move_one(self, m: PlannedMove, journal: Journal, report: MoveReport
+                  ) -> tuple[str, str] | None:
+        problem = self.bounds.src_problem(m.src) or self.bounds.dst_problem(m.dst)
+        if problem is None and os.path.lexists(m.dst):
+            problem = f"{m.dst} already exists; not overwritten"
+        if problem is not None:
+            report.problem(m.src, problem)
+            return None
+        try:
+            st = regular(m.src)
+        except OSError as exc:
+            report.problem(m.src, why(exc))
+            return None
+        journal.write(op="move", src=m.src, dst=m.dst, size=st.st_size,
+                      mtime_ns=st.st_mtime_ns, group=m.group, tier=m.tier)
+        try:
+            relocate(m.src, m.dst, self.bounds.dst_problem)
+        except OSError as exc:
+            journal.write(op="skipped", src=m.src, reason=report.problem(m.src, why(exc)))
+            return None
+        journal.write(op="moved", src=m.src, dst=m.dst)
+        report.moved += 1
+        return m.src, m.dst
 
     def undo(self, path: Path, report: MoveReport) -> None:
         """Put every file the journal moved back where it was; never over an existing file."""
-        records = Journal.read(path)
+        records = self._records(path)
         if records[-1].get("op") != "end":
             self.resume(path, MoveReport(None))    # settle a killed run first
-            records = Journal.read(path)
+            records = self._records(path)
         undone = {r["src"] for r in records if r.get("op") == "unmoved"}
-        journal = Journal(path)
         report.journal = str(path)
+        journal = Journal(path)
+        follow: list[tuple[str, str]] = []
         try:
-            follow = []
-            for r in _moved(records):
-                if r["src"] in undone:
-                    continue
-                src, dst = r["src"], r["dst"]
-                if os.path.lexists(src) and os.path.lexists(dst) and os.path.samefile(src, dst):
-                    os.unlink(dst)                   # killed between link and unlink
-                elif os.path.lexists(src):
-                    report.problems.append({"path": src, "reason":
-                                            "a file exists there now; not overwritten"})
-                    continue
-                elif not os.path.lexists(dst):
-                    report.problems.append({"path": src, "reason": f"{dst} is gone"})
-                    continue
-                else:
-                    _relocate(dst, src)
-                journal.write(op="unmoved", src=src, dst=dst)
-                follow.append((dst, src))
-                report.restored += 1
-                if len(follow) >= 256:
+            for r in records:
+                if r.get("op") == "moved" and r["src"] not in undone \
+                        and self._restore_one(r["src"], r["dst"], journal, report):
+                    follow.append((r["dst"], r["src"]))
+                if len(follow) >= self.batch:
                     self._follow(follow)
                     follow = []
             self._follow(follow)
+            follow = []
             journal.write(op="undone" if not report.problems else "undo-incomplete",
                           at=time.time())
         finally:
             journal.close()
+            self._follow(follow)
+
+    def _restore_one(self, src: str, dst: str, journal: Journal, report: MoveReport) -> bool:
+        try:
+            if os.path.lexists(src) and same_file(src, dst):
+                os.unlink(dst)                       # killed between link and unlink
+            elif os.path.lexists(src):
+                report.problem(src, "a file exists there now; not overwritten")
+                return False
+            elif not os.path.lexists(dst):
+                report.problem(src, f"{dst} is gone")
+                return False
+            else:
+                relocate(dst, src, self.bounds.src_problem)
+        except OSError as exc:
+            report.problem(src, why(exc))
+            return False
+        journal.write(op="unmoved", src=src, dst=dst)
+        report.restored += 1
+        return True
 
 
-def _moved(records: list[dict]) -> Iterator[dict]:
-    return (r for r in records if r.get("op") == "moved")
+def move_duplicates(open_store: Callable[[bool], Any], find: Callable[[], Any],
+                    move_to: str, act_on: list[str], dry_run: bool) -> tuple[Any, MoveReport]:
+    """Finish what a killed run left in ``move_to``, find the groups (``find``), then move
+    every non-keeper of the ``act_on`` tiers; ``open_store(read_only)`` opens the index."""
+    dest = os.path.abspath(os.path.expanduser(move_to))
+    report = MoveReport(None, dry_run=dry_run)
+    if not dry_run:
+        with open_store(False) as store:
+            mover = Mover(store, dest)
+            for journal in mover.incomplete():
+                log.warning("finishing the moves of %s, which a run left open", journal)
+                mover.resume(journal, report)
+    result = find()
+    with open_store(dry_run) as store:
+        report.planned = plan_moves(result.groups, dest, store.index_roots(), act_on)
+        if not dry_run and report.planned:
+            Mover(store, dest).move(report.planned, report)
+    return result, report
 
 
-def _reason(state: str, r: dict) -> str:
-    if state == "both":
-        return f"both {r['src']} and {r['dst']} exist; left as they are"
-    return "the file is gone from both places"
+def undo_moves(store: "Store", journal: str | os.PathLike[str]) -> MoveReport:
+    """Put back what the journal moved, after checking it names ``store``'s index."""
+    path = Path(os.path.abspath(os.path.expanduser(os.fspath(journal))))
+    report = MoveReport(str(path))
+    Mover(store, path.parent).undo(path, report)
+    return report

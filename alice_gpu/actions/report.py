@@ -16,7 +16,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..decode.pillow import open_image, to_rgb
+from ..decode.pillow import displayed, open_image, to_rgb
 from . import human_bytes
 from ..errors import QueryError
 
@@ -27,15 +27,13 @@ THUMB = 200     # px, the long side of a thumbnail
 
 def thumbnail(path: str, size: int = THUMB) -> tuple[str | None, str | None]:
     """(data URI of an upright JPEG thumbnail, None), or (None, why there is none)."""
-    from PIL import ImageOps
-
     try:
         with open(path, "rb") as fh:
             data = fh.read()
         im = open_image(data)
         if im.format == "JPEG":
             im.draft("RGB", (size * 2, size * 2))
-        im = ImageOps.exif_transpose(im)
+        im = displayed(im, data)         # as the index saw it: AVIF/HEIF turn themselves
         im.thumbnail((size, size))
         out = io.BytesIO()
         to_rgb(im).save(out, "JPEG", quality=80)

@@ -20,7 +20,7 @@ from ..errors import reason
 from ..records import STATUS_FAILED, STATUS_OK, STATUS_RAW, STATUS_SAME, Decoded, FileEntry
 from . import blocks, jpeg
 from .metadata import extract, frame_count
-from .pillow import (SELF_ORIENTING, clean_aperture, finish, open_image, openable, oriented,
+from .pillow import (clean_aperture, finish, open_image, openable, orientation_of, oriented,
                      shrink)
 
 Known = Mapping[int, frozenset[str]]   # file size → content hashes of indexed files
@@ -167,8 +167,7 @@ def _decode_bytes(data: bytes, plan: DecodePlan, out: Decoded) -> str:
         out.format = im.format
         if plan.metadata:
             out.meta = _metadata(data, im, plan)
-        # AVIF and HEIF decoders apply the container's rotation and mirror themselves
-        orientation = 1 if im.format in SELF_ORIENTING else im.getexif().get(0x0112, 1)
+        orientation = orientation_of(im)
         crop = clean_aperture(data, *im.size) if im.format == "AVIF" else None
         if crop is not None:
             im = im.crop(crop)

@@ -17,12 +17,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from .aimeta import parse_generation
+from .aimeta import MAX_TEXT, parse_generation
 
 log = logging.getLogger(__name__)
 
 META_VERSION = 1            # raise when extraction learns more: older rows are read again
-MAX_TEXT = 1 << 20          # a text chunk kept up to 1 MiB (ComfyUI workflows run to ~100 KB)
 
 # EXIF tags (IFD0, Exif IFD, GPS IFD)
 _MAKE, _MODEL, _SOFTWARE, _ARTIST, _DESCRIPTION, _DATETIME = 0x010F, 0x0110, 0x0131, 0x013B, \

@@ -108,6 +108,25 @@ def clean_aperture(data: bytes, width: int, height: int) -> tuple[int, int, int,
     return box
 
 
+def orientation_of(im: Image.Image) -> int:
+    """The EXIF orientation still to apply to what Pillow decoded: none for containers
+    whose decoder already turned the picture (AVIF, HEIF)."""
+    if im.format in SELF_ORIENTING:
+        return 1
+    value = im.getexif().get(0x0112, 1)
+    return value if value in UPRIGHT else 1
+
+
+def displayed(im: Image.Image, data: bytes) -> Image.Image:
+    """The picture as it is displayed and indexed: an AVIF's crop, and each format's
+    orientation applied exactly once."""
+    orientation = orientation_of(im)
+    crop = clean_aperture(data, *im.size) if im.format == "AVIF" else None
+    if crop is not None:
+        im = im.crop(crop)
+    return im.transpose(UPRIGHT[orientation]) if orientation in UPRIGHT else im
+
+
 def oriented(width: int, height: int, orientation: object) -> tuple[int, int]:
     """The upright size of a picture stored ``width`` x ``height`` with this orientation."""
     return (height, width) if orientation in ORIENT_SWAPS else (width, height)

@@ -21,7 +21,7 @@ from ..gpu.devices import free_cached_memory, is_out_of_memory, model_batch_size
 from ..gpu.staging import Stager
 from .hashes_torch import compute_hashes, to_uint64
 from .models import EmbeddingModel, create_model
-from .stage import StageClock
+from .clock import StageClock
 
 log = logging.getLogger(__name__)
 

@@ -9,22 +9,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from ..decode import DecodePlan
 from ..records import STATUS_OK, STATUS_RAW, AssetRecord, Decoded, FileEntry
+from .clock import StageClock
 from .worker import decode_and_hash
 
 if TYPE_CHECKING:
     import torch
 
     from .extractor import FeatureExtractor, Pending
-
-
-class StageClock(Protocol):
-    """Where the stage reports its seconds (``transfer``, ``compute``, ``decode``)."""
-
-    def add(self, stage: str, seconds: float) -> None: ...
 
 
 class Featuriser:

@@ -1,29 +1,32 @@
 """The local engine's decode dispatch: files in, decoded records out, in input order.
 
 Decoding runs ahead of its consumer by at most ``max_in_flight`` files, in
-chunks on the worker pool, or in this process for small jobs. A worker that
-dies (a file that crashes the decoder, or runs past its deadline) breaks the
-pool: a new one is started, the files that were in flight are retried one by
-one, and only the culprit is recorded as failed, with the reason.
+chunks on the worker pool, or in this process for small jobs; either way each
+file is decoded under its deadline by the shared decode callable. A worker
+that dies (a file that crashes the decoder, or hangs holding the GIL until the
+deadline's backstop ends it) breaks the pool: a new one is started, the files
+that were in flight are retried one by one, and only the culprit is recorded
+as failed, with the reason.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from collections import deque
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeout
 from concurrent.futures.process import BrokenProcessPool
 from typing import Iterator, Sequence
 
-from concurrent.futures import Future
-
 from ..decode import DecodePlan, Known
+from ..decode.deadline import KILL_GRACE
 from ..features.worker import decode_and_hash
 from ..records import Decoded, FileEntry
 from .pool import DecodePool
 
 log = logging.getLogger(__name__)
+
+BACKSTOP = 30.0     # seconds a chunk may take beyond its files' deadlines before it is given up
 
 
 def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: DecodePool | None,
@@ -37,37 +40,9 @@ def decode_stream(entries: Sequence[FileEntry], plan: DecodePlan, pool: DecodePo
     known = known or {}
     if pool is None or len(entries) < parallel_threshold:
         for e in entries:
-            yield decode_in_process(e, plan, _known_for([e], known), timeout)
+            yield decode_and_hash([e], plan, _known_for([e], known), timeout)[0]
         return
     yield from _Chunks(pool, plan, known, max_in_flight).run(entries)
-
-
-def decode_in_process(entry: FileEntry, plan: DecodePlan, known: Known | None,
-                      timeout: float) -> Decoded:
-    """One decode on a daemon thread, given up after ``timeout`` seconds.
-
-    A decoder that hangs cannot be stopped in-process, but it can be left behind:
-    the file is recorded as failed and the run goes on (the thread, stuck in C with
-    the GIL released, dies with the process). A decoder that kills the process is
-    the job of the in-process guard (:mod:`.run`).
-    """
-    box: list = []
-
-    def work() -> None:
-        try:
-            box.append(decode_and_hash([entry], plan, known)[0])
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, in the caller
-            box.append(exc)
-
-    t = threading.Thread(target=work, name="alice-decode", daemon=True)
-    t.start()
-    t.join(timeout)
-    if not box:
-        log.warning("decoding timed out on %s (in-process); recorded as failed", entry.path)
-        return Decoded.failed(entry, _timeout_reason(timeout))
-    if isinstance(box[0], BaseException):
-        raise box[0]
-    return box[0]
 
 
 def _known_for(part: Sequence[FileEntry], known: Known) -> dict[int, frozenset[str]] | None:
@@ -76,8 +51,17 @@ def _known_for(part: Sequence[FileEntry], known: Known) -> dict[int, frozenset[s
     return sub or None
 
 
-def _timeout_reason(timeout: float) -> str:
-    return f"decode timeout: more than {timeout:g} s"
+def _per_file_limit(timeout: float) -> float:
+    """The longest one file can hold a worker: its deadline, then the backstop alarm."""
+    return timeout + max(KILL_GRACE, timeout)
+
+
+def _exit_codes(exc: BaseException) -> str:
+    """How the pool says its workers ended (loky names their exit codes), for the log."""
+    import re
+
+    found = re.search(r"exit codes of the workers are (\{[^}]*\})", str(exc))
+    return f" (worker exit codes {found.group(1)})" if found else ""
 
 
 class _Chunks:
@@ -108,8 +92,9 @@ class _Chunks:
             while pending:
                 part, fut = pending.popleft()
                 try:
-                    # the per-file alarm ends a hung worker; this bound is only a backstop
-                    results = fut.result(timeout=self.pool.timeout * len(part) + 30)
+                    # each file has its deadline in the worker; this bound is a backstop
+                    limit = _per_file_limit(self.pool.timeout) * len(part) + BACKSTOP
+                    results = fut.result(timeout=limit)
                 except (BrokenProcessPool, FuturesTimeout) as exc:
                     results = self.recover([part, *(p for p, _ in pending)], exc)
                     pending.clear()
@@ -128,20 +113,16 @@ class _Chunks:
         return [self.single(e) for part in parts for e in part]
 
     def single(self, entry: FileEntry) -> Decoded:
-        """One file alone on the pool: if its worker dies, the file is the culprit.
-
-        Alone, a file that hangs is seen here, when ``timeout`` seconds have passed
-        since it was sent (its worker's alarm, armed later, has not even fired yet);
-        a worker that dies before then crashed.
-        """
+        """One file alone on the pool: if its worker dies, the file is the culprit (ended
+        by the deadline's backstop alarm: it hung; by anything else: it crashed)."""
         _, fut = self.submit([entry])
-        timeout = self.pool.timeout
         try:
-            return fut.result(timeout=timeout)[0]
+            return fut.result(timeout=_per_file_limit(self.pool.timeout) + BACKSTOP)[0]
         except (BrokenProcessPool, FuturesTimeout) as exc:
-            hung = isinstance(exc, FuturesTimeout)
-            log.warning("%s on %s; recorded as failed, restarting the decode workers",
-                        "decoding timed out" if hung else "the decoder died", entry.path)
+            hung = isinstance(exc, FuturesTimeout) or "SIGALRM" in str(exc)
+            log.warning("%s on %s%s; recorded as failed, restarting the decode workers",
+                        "decoding timed out" if hung else "the decoder died", entry.path,
+                        _exit_codes(exc))
             self.pool.restart()
-            return Decoded.failed(entry, _timeout_reason(timeout) if hung
-                                  else "decoder crashed (its worker process died)")
+            return Decoded.failed(entry, f"decode timeout: more than {self.pool.timeout:g} s"
+                                  if hung else "decoder crashed (its worker process died)")

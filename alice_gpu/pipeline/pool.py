@@ -1,22 +1,13 @@
 """The local engine's decode workers: a loky process pool running the decode-stage task.
 
-loky (joblib's executor) detects a worker that dies from the process's
-sentinel, always: every task in flight then fails with ``TerminatedWorkerError``
-and :mod:`.dispatch` starts a new pool and retries those files one by one.
-pebble was tried first, for its per-task isolation, and dropped: when a worker
-was killed from outside at a random moment (``test_kill_loop.py``, SIGTERM to a
-worker), pebble lost the task that worker had just taken in 2 of 60 runs, and
-its future never completed (pebble issue #153); loky finished all 60. What the
-pool does not do is added here:
-
-* a deadline per *file*: the worker arms ``SIGALRM`` (default action: the
-  process ends) before each file of its chunk, so a file that hangs, even in C
-  code that never returns to Python, ends its worker after
-  ``decode.timeout_seconds``;
-* workers that die with the main process, by any signal (``kill -9``
-  included): ``PR_SET_PDEATHSIG`` on Linux;
-* workers that ignore SIGINT (the main process decides how a run stops) and
-  take SIGTERM's default action instead of inheriting the main process's handler.
+loky detects a worker that dies from the process's sentinel, always: every task
+in flight then fails with ``TerminatedWorkerError`` and :mod:`.dispatch` starts a
+new pool and retries those files one by one (pebble, tried first, lost tasks of
+killed workers: RESULTS.md). What the pool does not do is added here: workers
+that may be ended by the decode deadline's backstop alarm
+(:mod:`alice_gpu.decode.deadline`), that die with the main process by any signal
+(``PR_SET_PDEATHSIG`` on Linux), and that ignore SIGINT (the main process decides
+how a run stops) and take SIGTERM's default action.
 """
 
 from __future__ import annotations
@@ -28,9 +19,10 @@ import signal
 import sys
 import threading
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from ..decode import DecodePlan, Known
+from ..decode.deadline import mark_disposable
 from ..errors import ConfigError
 from ..features.worker import decode_and_hash
 from ..records import Decoded, FileEntry
@@ -49,21 +41,7 @@ def effective_workers(requested: int) -> int:
 def decode_task(entries: Sequence[FileEntry], plan: DecodePlan, known: Known | None,
                 timeout: float) -> list[Decoded]:
     """What a worker runs: the decode-stage task, each file under its own deadline."""
-    return decode_and_hash(_each_within(entries, timeout), plan, known)
-
-
-def _each_within(entries: Iterable[FileEntry], timeout: float) -> Iterator[FileEntry]:
-    """The files, with the alarm re-armed as each one is taken (and off after the last).
-
-    ``SIGALRM`` keeps its default action in a worker: the kernel ends the process,
-    whatever the decoder is doing, and the pool reports a terminated worker.
-    """
-    try:
-        for entry in entries:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
-            yield entry
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+    return decode_and_hash(entries, plan, known, timeout)
 
 
 def _worker_init(parent: int) -> None:
@@ -71,7 +49,7 @@ def _worker_init(parent: int) -> None:
     process, one BLAS thread, glibc's freed buffers kept for reuse."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    mark_disposable()
     _die_with(parent)
     _keep_freed_buffers()
     try:
@@ -110,9 +88,9 @@ def _keep_freed_buffers() -> None:
     """Let glibc reuse the per-file buffers instead of returning them to the kernel.
 
     By default every freed block over 128 KiB (a file's bytes, a decoded frame) is
-    unmapped, and the next file faults the same pages back in: 5x the page faults
-    and a few percent of a hash-only worker's time (RESULTS.md). Blocks up to 32 MiB
-    now stay in the heap, and at most 64 MiB of free heap is kept, so memory stays bounded.
+    unmapped and the next file faults the same pages back in (RESULTS.md). Blocks up
+    to 32 MiB now stay in the heap, and at most 64 MiB of free heap is kept, so memory
+    stays bounded.
     """
     if not sys.platform.startswith("linux"):
         return

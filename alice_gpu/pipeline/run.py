@@ -1,41 +1,38 @@
-"""The local engine: discover → decode (worker pool) → features (one device) → store.
+"""The run: discover → decode → features → store, by an engine, with one writer.
 
-``run_index`` reads as its steps. Decode runs on CPU worker processes
-(in-process for small jobs) and stays at most ``prefetch_batches`` batches, and
-never more than ``max_memory_cache_mb`` of pixels, ahead of the device; the
-store is written by a writer thread behind a bounded queue, so DuckDB writes
-overlap compute. Every file ends as exactly one record: features, or a failure
-with a reason. A byte-identical copy of a file already indexed is not decoded
-at all: its features are copied (a cache hit).
+``run_index`` reads as its steps. The engine (:class:`.local.LocalEngine`, or
+:class:`.ray_engine.RayEngine` on a cluster) decodes and featurises the files to
+do and streams their rows back; the store is written by a writer thread behind
+a bounded queue, so DuckDB writes overlap compute. Every file ends as exactly
+one record: features, or a failure with a reason. A byte-identical copy of a
+file already indexed is not decoded at all: its features are copied (a cache
+hit). Files an engine gives up on are done by the local engine in this process.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from ..config import Config
-from ..decode import DecodePlan
 from ..discover import Discovery, discover, normalize_path
-from ..features.stage import Featuriser
-from ..records import STATUS_OK, STATUS_RAW, STATUS_SAME, AssetRecord, Decoded, FileEntry
+from ..records import STATUS_OK, AssetRecord, Decoded, FileEntry
 from ..search.vectors import VectorIndex
 from ..store import Store
-from .dispatch import decode_in_process, decode_stream
+from .local import LocalEngine
 from .metrics import PeakMemory, RunMetrics, StageTimer
-from .pool import DecodePool, effective_workers
+from .pool import effective_workers
+from .stages import Engine, EngineFailure, need_meta
 from .writer import Writer
 
 if TYPE_CHECKING:
-    from .ray_engine import RayEngine
     import torch
 
 log = logging.getLogger(__name__)
@@ -51,7 +48,11 @@ class FailedFile:
 
 @dataclass
 class IndexSummary:
-    """What one ``index`` run did; ``to_dict`` is the CLI's ``--json`` document."""
+    """What one ``index`` run did; ``to_dict`` is the CLI's ``--json`` document.
+
+    ``driver_files``: files an engine gave up on, done by this process instead;
+    ``skipped``: files under the roots that are not media we read, by extension.
+    """
 
     files_seen: int = 0
     decoded: int = 0
@@ -71,6 +72,8 @@ class IndexSummary:
     run_id: int | None = None
     failed_files: list[FailedFile] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    driver_files: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,95 +105,29 @@ class Interrupted(Exception):
         self.summary = summary
 
 
-def need_meta(cfg: Config) -> int:
-    """The metadata version a stored row must have to count as done for this run."""
-    from ..decode.metadata import META_VERSION
-
-    return META_VERSION if cfg.metadata.extract else 0
-
-
-def make_featuriser(cfg: Config, device: "torch.device | str | None" = None,
-                    timer: Any = None) -> Featuriser:
-    """The features stage callable for ``cfg`` on ``device`` (a torch.device, a name, or
-    None for the configured one); rows only for a CPU hash-only run. The local engine and
-    every Ray actor build theirs here."""
-    if not cfg.features.embed and cfg.performance.parallel_hash_computation:
-        plain = device if device is not None and not isinstance(device, str) else None
-        return Featuriser(None, decode_plan(cfg, plain), False, timer)
-    from ..gpu.devices import resolve_precision, select_device
-
-    dev = device if device is not None and not isinstance(device, str) else \
-        select_device(device or cfg.device)
-    return Featuriser.create(dev, cfg.features.model if cfg.features.embed else None,
-                             decode_plan(cfg, dev), resolve_precision(dev, cfg.features.precision),
-                             timer)
-
-
-class _LazyFeaturiser:
-    """The driver's features stage on Ray: its plan now (what the Ray tasks decode to),
-    the model only if the driver has to featurise files itself."""
-
-    def __init__(self, cfg: Config, device: "torch.device | None", timer: Any):
-        self.cfg, self.device, self.timer = cfg, device, timer
-        self.plan = decode_plan(cfg, None)      # hashes in the decode tasks, on their CPUs
-        self._real: Featuriser | None = None
-
-    def _get(self) -> Featuriser:
-        if self._real is None:
-            self._real = make_featuriser(self.cfg, self.device, self.timer)
-            self._real.plan = self.plan
-        return self._real
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._get(), name)
-
-    def __call__(self, items):
-        return self._get()(items)
-
-
-def decode_plan(cfg: Config, device: "torch.device | None") -> DecodePlan:
-    """What the decode workers produce for this run's configuration and device."""
-    embed = cfg.features.embed
-    parallel = cfg.performance.parallel_hash_computation
-    if not embed:
-        # hash-only: luma straight from the JPEG decoder at the hashes' working size
-        # (most JPEGs: estimated from their 1/8-scale block means)
-        return DecodePlan(cfg.decode.hash_size, "L", hash_in_worker=parallel,
-                          keep_pixels=not parallel, draft_size=2 * cfg.decode.hash_size,
-                          block_means=cfg.decode.block_means,
-                          metadata=cfg.metadata.extract, gps=cfg.metadata.gps)
-    from ..gpu.devices import hashes_in_workers
-
-    gpu = cfg.decode.engine == "gpu"
-    return DecodePlan(cfg.decode.working_size, "RGB",
-                      hash_in_worker=hashes_in_workers(device, parallel) and not gpu,
-                      keep_pixels=True, gpu_decode=gpu, metadata=cfg.metadata.extract,
-                      gps=cfg.metadata.gps)
-
-
 def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Config,
               device: "torch.device | None" = None, progress: ProgressFn | None = None,
               retry_failed: bool = False, prune: bool = False,
-              engine: "RayEngine | None" = None) -> IndexSummary:
+              engine: Engine | None = None) -> IndexSummary:
     """Index ``roots`` into ``store``: only new or changed files are decoded.
 
     ``device`` None means "select from ``cfg.device`` if the device is needed": a
     run with nothing to do, or a CPU hash-only run, never imports torch. ``engine``
-    None is the local engine (a process pool); a :class:`~.ray_engine.RayEngine`
-    distributes the same stages on Ray.
+    None is the local engine (a process pool); a prepared
+    :class:`~.ray_engine.RayEngine` distributes the same stages on Ray.
     """
     roots = list(roots)
     job = _IndexJob(store, vectors, cfg, device, progress, engine)
     with _stop_on_signals(job.stop):
         try:
             found = job.discover(roots, retry_failed)
-            job.start_decoders(found.todo)   # forked now: no torch, no threads yet
+            job.engine.start(found.todo)     # forked now: no torch, no threads yet
             with PeakMemory() as mem:
                 job.begin_run(roots, found, prune)
                 job.index_files(found.todo)
                 job.save_vectors()
         finally:
-            job.close_decoders()
+            job.close()
     summary = job.finish(mem.peak_mb)
     if summary.interrupted:
         raise Interrupted(summary)
@@ -198,24 +135,23 @@ def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Con
 
 
 class _IndexJob:
-    """The state of one run of the local engine; ``run_index`` calls its steps in order."""
+    """The state of one run; ``run_index`` calls its steps in order."""
 
     def __init__(self, store: Store, vectors: VectorIndex, cfg: Config,
                  device: "torch.device | None", progress: ProgressFn | None,
-                 engine: "RayEngine | None" = None):
+                 engine: Engine | None = None):
         self.store, self.vectors, self.cfg, self.device = store, vectors, cfg, device
-        self.engine = engine
         self.progress = progress
         self.stop = threading.Event()
         self.timer = StageTimer()
         self.t0 = time.perf_counter()
+        self.local = LocalEngine(cfg, device, self.timer, store.folder,
+                                 in_process_only=engine is not None)
+        self.engine: Engine = engine if engine is not None else self.local
         perf = cfg.performance
-        self.summary = IndexSummary(device=str(device) if device is not None else cfg.device,
+        self.summary = IndexSummary(device=self.engine.name,
                                     workers=effective_workers(perf.max_workers),
                                     batch_size=perf.batch_size)
-        self.pool: DecodePool | None = None
-        self.guard = _InProcessGuard(store.folder)
-        self.parallel_threshold = cfg.decode.parallel_threshold
         self.known: dict[int, frozenset[str]] = {}
         self.ids: dict[str, int] = {}
         self.removed_ids = np.zeros(0, np.int64)
@@ -238,27 +174,10 @@ class _IndexJob:
             self.known = known_contents(self.store, found.todo, embed, need_meta(self.cfg))
         self.summary.files_seen = found.files_seen
         self.summary.unchanged = len(found.unchanged)
+        self.summary.skipped = found.skipped
         if self.progress:
             self.progress(ProgressEvent("discover", found.files_seen, found.files_seen))
         return found
-
-    def start_decoders(self, todo: list[FileEntry]) -> None:
-        """Small jobs decode in this process (no pool to start); large ones fork workers.
-
-        A previous in-process decode that never finished (the process died on a file)
-        sends this job to isolated workers, where the culprit is caught. On Ray, Ray's
-        workers decode.
-        """
-        if self.engine is not None:
-            return
-        workers = self.summary.workers
-        timeout = self.cfg.decode.timeout_seconds
-        if todo and self.guard.tripped:
-            log.warning("the last run died while decoding in-process; decoding in isolated "
-                        "worker processes this time")
-            self.pool, self.parallel_threshold = DecodePool(workers, timeout), 0
-        elif todo and workers > 1 and len(todo) >= self.parallel_threshold:
-            self.pool = DecodePool(workers, timeout)
 
     def begin_run(self, roots: list[str], found: Discovery, prune: bool) -> None:
         """Record the run, remove vanished files, and give every file to do its id."""
@@ -286,35 +205,29 @@ class _IndexJob:
         self._report()
         if not todo:
             return
-        featuriser = self._featuriser()
         self.writer = Writer(self.store, self.vectors, self.summary.run_id, self.cfg,
                              self.timer, on_commit=self._committed)
         self.writer.start()
-        finished = False
         try:
-            same = self._decode_and_featurise(todo, featuriser)
-            finished = not self.stop.is_set()
+            same = self._through(self.engine, todo)
         finally:
-            if self.guard.armed or finished:
-                self.guard.clear()   # alive after every in-process decode, or the isolated run done
             self.writer.close()
-        self._copy_reused(same, featuriser)
+        self._copy_reused(same)
 
     def save_vectors(self) -> None:
         if (self.writer is not None and self.writer.vector_changes) or len(self.removed_ids):
             with self.timer("write"):
                 self.vectors.save()
 
-    def close_decoders(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
-        if self.engine is not None:
-            self.engine.close()
+    def close(self) -> None:
+        """The local engine's workers; another engine belongs to whoever prepared it."""
+        self.local.close()
 
     def finish(self, peak_mb: float) -> IndexSummary:
         """The run's summary and metrics, also stored with the run."""
         s, w = self.summary, self.writer
         failed_rows = w.failed_rows if w is not None else []
+        s.device = self.engine.name
         s.reused = self.hits
         s.interrupted = self.stop.is_set()
         s.pending = self.total - self.done
@@ -355,74 +268,32 @@ class _IndexJob:
             self.vectors.apply(self.removed_ids, np.zeros(0, np.int64),
                                np.zeros((0, self.store.dim), np.float32))
 
-    def _featuriser(self) -> Featuriser:
-        """The features stage for this run: on a device, or rows only (CPU hash-only).
-        On Ray the actors hold the model: the driver builds its own only if it must
-        finish files Ray could not."""
-        if self.engine is not None:
-            return _LazyFeaturiser(self.cfg, self.device, self.timer)
-        featuriser = make_featuriser(self.cfg, self.device, self.timer)
-        if featuriser.extractor is not None:
-            self.summary.device = str(featuriser.extractor.device)
-        elif self.device is None:
-            self.summary.device = "cpu"   # hash-only: computed in the CPU decode workers
-        return featuriser
-
-    def _decode_and_featurise(self, todo: list[FileEntry], featuriser: Featuriser
-                              ) -> list[Decoded]:
-        """The middle of a run, by the engine's distributor; returns the byte-identical
-        files (copied, not decoded)."""
-        if self.engine is not None:
-            from .ray_engine import ray_decode_and_featurise
-
-            self.summary.device = "ray"
-            return ray_decode_and_featurise(self, self.engine, todo, featuriser)
-        return self.local_decode_and_featurise(todo, featuriser)
-
-    def local_decode_and_featurise(self, todo: list[FileEntry], featuriser: Featuriser
-                                   ) -> list[Decoded]:
-        """Stream decoded files into device batches; returns the byte-identical ones."""
-        cfg, plan = self.cfg, featuriser.plan
-        batch_size = self.summary.batch_size
-        max_in_flight = max(self.summary.workers, min(
-            cfg.decode.prefetch_batches * batch_size,
-            cfg.performance.max_memory_cache_mb * 2**20 // plan.bytes_per_item))
-        if self.pool is None:
-            self.guard.arm()          # cleared once every in-process decode has returned
-        stream = decode_stream(todo, plan, self.pool, max_in_flight, self.parallel_threshold,
-                               self.known, cfg.decode.timeout_seconds)
+    def _through(self, engine: Engine, todo: list[FileEntry]) -> list[Decoded]:
+        """Every file to do through ``engine``; what it gives up on, through the local
+        engine. Returns the byte-identical copies (for :meth:`_copy_reused`)."""
         same: list[Decoded] = []
-        batch: list[Decoded] = []
-        launched = None               # the batch on the device: collected after the next launch
-        t_wait = time.perf_counter()
-        for d in stream:
-            if self.stop.is_set():
-                stream.close()        # stop dispatch; queued decodes are cancelled
-                break
-            self.timer.add("decode", time.perf_counter() - t_wait)
-            (same if d.status == STATUS_SAME else batch).append(d)
-            if len(batch) >= batch_size:
-                launched = self._launch(featuriser, batch, launched)
-                batch = []
-            t_wait = time.perf_counter()
-        if batch:
-            launched = self._launch(featuriser, batch, launched)
-        if launched is not None:
-            self._emit(launched())
+        done: set[str] = set()
+        records = engine.records(todo, engine.plan(), self.known, self.summary.batch_size,
+                                 self.stop)
+        try:
+            with closing(records):
+                for items in records:
+                    rows = [x for x in items if isinstance(x, AssetRecord)]
+                    same += [x for x in items if not isinstance(x, AssetRecord)]
+                    done.update(x.path for x in items)
+                    if rows and engine.on_device:
+                        self.batches += 1
+                        self.device_items += sum(r.status == STATUS_OK for r in rows)
+                    if rows:
+                        self._emit(rows)
+        except EngineFailure as exc:
+            rest = [e for e in todo if e.path not in done]
+            log.warning("%s could not finish %d files (%s); this process does them",
+                        engine.name, len(rest), exc)
+            if rest and not self.stop.is_set():
+                self.summary.driver_files += len(rest)
+                same += self._through(self.local, rest)
         return same
-
-    def _launch(self, featuriser: Featuriser, batch: list[Decoded],
-                previous: Callable[[], list[AssetRecord]] | None
-                ) -> Callable[[], list[AssetRecord]]:
-        """Send a batch to the device, then collect the one before it (copy/compute overlap)."""
-        finish = featuriser.submit(batch)
-        on_device = sum(d.status in (STATUS_OK, STATUS_RAW) for d in batch)
-        if featuriser.extractor is not None and on_device:
-            self.device_items += on_device
-            self.batches += 1
-        if previous is not None:
-            self._emit(previous())
-        return finish
 
     def _emit(self, records: list[AssetRecord]) -> None:
         """Hand finished rows to the writer and count them."""
@@ -433,7 +304,7 @@ class _IndexJob:
         self.writer.put(records)
         self._report()
 
-    def _copy_reused(self, same: list[Decoded], featuriser: Featuriser) -> None:
+    def _copy_reused(self, same: list[Decoded]) -> None:
         """Byte-identical copies of indexed files: features copied, nothing decoded."""
         if not same:
             return
@@ -441,20 +312,21 @@ class _IndexJob:
         stored = self.store.features_by_content({d.content_hash for d in same},
                                                 require_embedding=embed,
                                                 need_meta=need_meta(self.cfg))
-        records = []
+        records, redo = [], []
         for d in same:
             feats = stored.get(d.content_hash)
-            if feats is not None:
-                self.hits += 1
-                records.append(AssetRecord(
-                    path=d.path, size=d.size, mtime_ns=d.mtime_ns, status=STATUS_OK,
-                    width=feats["width"], height=feats["height"], format=feats["format"],
-                    hashes=feats["hashes"], embedding=feats["embedding"],
-                    content_hash=d.content_hash, meta=feats["meta"]))
-            else:   # the original changed meanwhile: do it the slow way
-                entry = FileEntry(d.path, d.size, d.mtime_ns)
-                records += featuriser([decode_in_process(entry, featuriser.plan, None,
-                                                         self.cfg.decode.timeout_seconds)])
+            if feats is None:             # the original changed meanwhile: do it the slow way
+                redo.append(FileEntry(d.path, d.size, d.mtime_ns))
+                continue
+            self.hits += 1
+            records.append(AssetRecord(
+                path=d.path, size=d.size, mtime_ns=d.mtime_ns, status=STATUS_OK,
+                width=feats["width"], height=feats["height"], format=feats["format"],
+                hashes=feats["hashes"], embedding=feats["embedding"],
+                content_hash=d.content_hash, meta=feats["meta"]))
+        if redo:
+            featuriser = self.local.featuriser()
+            records += featuriser(self.local.decode_here(redo, featuriser.plan))
         for r in records:
             r.id = self.ids[r.path]
         self.writer.commit_now(records)
@@ -485,39 +357,6 @@ def known_contents(store: Store, todo: list[FileEntry], embed: bool, need: int =
         return {}
     return store.contents_by_size({e.size for e in todo}, require_embedding=embed,
                                   need_meta=need)
-
-
-class _InProcessGuard:
-    """A marker file in the index folder while files are decoded in this process.
-
-    A decoder that kills its process (a native crash), or hangs while holding the
-    GIL so that the in-process deadline cannot leave it behind, cannot be caught
-    in-process. The marker outlives such a death (or the kill that ends the hang),
-    and the next run sends the job to isolated worker processes, which record the
-    culprit and go on.
-    """
-
-    NAME = ".decoding-in-process"
-
-    def __init__(self, folder: str | os.PathLike[str]):
-        self.path = os.path.join(os.fspath(folder), self.NAME)
-        self.tripped = os.path.exists(self.path)
-        self.armed = False
-
-    def arm(self) -> None:
-        try:
-            with open(self.path, "w") as fh:
-                fh.write(f"{os.getpid()}\n")
-            self.armed = True
-        except OSError:   # read-only or full: decoding still works, unguarded
-            pass
-
-    def clear(self) -> None:
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
-        self.armed = self.tripped = False
 
 
 @contextmanager

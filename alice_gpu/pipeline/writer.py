@@ -1,4 +1,5 @@
-"""The local engine's writer: one thread owns the store's connection while a run is on.
+"""The run's writer: one thread owns the store's connection while a run is on, whatever
+the engine.
 
 It calls the store's write stage (``Store.write_batch``) in transactions of
 ``transaction_size`` rows, and after each commit applies the change to the

@@ -1,8 +1,10 @@
 """Search, Hamming: exact searches over packed 64-bit hashes on the CPU.
 
-Top-k by XOR + popcount in numpy, and all pairs within a threshold through a
-FAISS binary index. These define the semantics the CUDA kernels in
-``kernels/`` must reproduce (:mod:`alice_gpu.gpu.kernels`).
+Top-k by XOR + popcount in numpy. All pairs within a threshold (within one set,
+or across two): a dense numpy product when small, multi-index hashing
+(:mod:`.mih`) where its cost model wins, else FAISS's brute-force range search,
+which defines the semantics the others and the CUDA kernels in ``kernels/``
+(:mod:`alice_gpu.gpu.kernels`) must meet.
 """
 
 from __future__ import annotations
@@ -62,17 +64,23 @@ def brute_hamming_pairs(hashes: np.ndarray, threshold: int
     n = len(hashes)
     if n < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    codes = _as_bytes(hashes)
-    index = load_faiss().IndexBinaryFlat(64)
-    index.add(codes)
-    # FAISS keeps distances strictly below the radius
-    lims, dist, labels = index.range_search(codes, int(threshold) + 1)
-    rows = np.repeat(np.arange(n), np.diff(lims).astype(np.int64))
+    rows, labels, dist = _range_search(hashes, hashes, threshold)
     keep = rows < labels
-    i, j, d = rows[keep], labels[keep].astype(np.int64), dist[keep].astype(np.int64)
+    i, j, d = rows[keep], labels[keep], dist[keep]
     order = np.lexsort((j, i))
     return i[order], j[order], d[order]
 
+
+def _range_search(base: np.ndarray, queries: np.ndarray, threshold: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FAISS's exact scan: (query row, base row, distance) of every pair within
+    ``threshold`` bits, by query."""
+    index = load_faiss().IndexBinaryFlat(64)
+    index.add(_as_bytes(base))
+    # FAISS keeps distances strictly below the radius
+    lims, dist, labels = index.range_search(_as_bytes(queries), int(threshold) + 1)
+    rows = np.repeat(np.arange(len(queries)), np.diff(lims).astype(np.int64))
+    return rows, labels.astype(np.int64), dist.astype(np.int64)
 
 
 def hamming_cross_pairs(base: np.ndarray, queries: np.ndarray, threshold: int
@@ -93,10 +101,6 @@ def hamming_cross_pairs(base: np.ndarray, queries: np.ndarray, threshold: int
     found = mih_cross_pairs(base, queries, threshold)
     if found is not None:
         return found
-    index = load_faiss().IndexBinaryFlat(64)
-    index.add(_as_bytes(base))
-    lims, dist, labels = index.range_search(_as_bytes(queries), int(threshold) + 1)
-    j = np.repeat(np.arange(len(queries)), np.diff(lims).astype(np.int64))
-    i, d = labels.astype(np.int64), dist.astype(np.int64)
+    j, i, d = _range_search(base, queries, threshold)
     order = np.lexsort((j, i))
     return i[order], j[order], d[order]

@@ -1,9 +1,10 @@
 """Search, queries: ``similar`` (top-k look-alikes) and ``duplicates`` (groups).
 
 A query image inside the index uses its stored features; one outside it (or
-changed since indexing) is decoded and featurised on the fly with the same
-code as the pipeline. Only that case imports torch: hash searches run on
-numpy / FAISS or, on a GPU, on our CUDA kernels through CuPy.
+changed since indexing) is decoded and featurised on the fly by the stage
+callables, under the plan the index's rows were made with (the API passes
+that in). Only an embedding imports torch: hash searches run on numpy / FAISS
+or, on a GPU, on our CUDA kernels through CuPy.
 """
 
 from __future__ import annotations
@@ -11,15 +12,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Callable
 
 import numpy as np
 
 from ..config import HASH_NAMES, QUERY_KINDS, TIERS, Config, check_threshold
-from ..decode import decode_path
 from ..discover import normalize_path
 from ..errors import QueryError
 from ..gpu.kernels import cuda_hamming_topk, kernel_device
-from ..records import ORIENT_INVERSE, ORIENTATIONS, STATUS_OK
+from ..records import ORIENT_INVERSE, ORIENTATIONS, STATUS_OK, AssetRecord
 from ..store import Store
 from .groups import linked_groups
 from .keep import keeper_key, keeper_reason, parse_keep
@@ -28,6 +29,9 @@ from .hamming import hamming_topk
 from .vectors import VectorIndex
 
 log = logging.getLogger(__name__)
+
+# a file outside the index to its row, made as the index made its rows (the API gives it)
+Featurise = Callable[[str], AssetRecord]
 
 
 @dataclass(frozen=True)
@@ -133,36 +137,19 @@ def stored_features(store: Store, path: str, by: str) -> np.ndarray | int | None
     return store.embedding_of(row["id"])
 
 
-def computed_features(store: Store, path: str, by: str, cfg: Config, device: str
-                      ) -> np.ndarray | int:
-    """The query's embedding (or hash), decoded and featurised now (this imports torch)."""
-    from ..features.extractor import FeatureExtractor
-    from ..gpu.devices import resolve_precision, select_device
-
-    dec = decode_path(normalize_path(path), cfg.decode.working_size)
-    if dec.status != STATUS_OK:
-        raise QueryError(f"cannot decode query image {path}: {dec.error}")
-    dev = select_device(device)
-    model = store.model if by == "embedding" else None
-    extractor = FeatureExtractor.create(dev, model,
-                                        precision=resolve_precision(dev, cfg.features.precision))
-    feats = extractor.extract([dec.pixels], embed=model is not None)[0]
-    if feats.error is not None:
-        raise QueryError(f"cannot featurise query image {path}: {feats.error}")
-    return feats.embedding if by == "embedding" else int(feats.hashes[by])
-
-
 def similar(store: Store, vectors: VectorIndex, path: str, *, k: int, by: str, cfg: Config,
-            device: str = "auto", allowed: np.ndarray | None = None) -> SimilarResult:
+            device: str = "auto", allowed: np.ndarray | None = None,
+            featurise: Featurise | None = None) -> SimilarResult:
     """Top-k look-alikes of the image at ``path``, best first; only ids in ``allowed``
-    (sorted) when given."""
+    (sorted) when given. A query outside the index (or changed since) is featurised by
+    ``featurise(path)``, which makes its row the way the index made its rows."""
     check_by(by)
     if k < 1:
         raise QueryError("--k must be >= 1")
     feat = stored_features(store, path, by)
     inside = feat is not None
     if not inside:
-        feat = computed_features(store, path, by, cfg, device)
+        feat = _outside(path, by, featurise)
     if by == "embedding":
         scores, ids = _filtered_search(vectors, np.asarray(feat), k, allowed)
         rows = store.assets_by_ids(ids)
@@ -180,6 +167,20 @@ def similar(store: Store, vectors: VectorIndex, path: str, *, k: int, by: str, c
         matches = [Match(rows[int(i)]["path"], round(1.0 - int(d) / 64.0, 6), int(i), int(d))
                    for d, i in zip(dist, all_ids[order])]
     return SimilarResult(query=normalize_path(path), by=by, results=matches, query_in_index=inside)
+
+
+def _outside(path: str, by: str, featurise: Featurise | None) -> np.ndarray | int:
+    """The embedding (or hash) of a query image that is not in the index, made now."""
+    if featurise is None:
+        raise QueryError(f"{path} is not in the index (or changed since it was indexed)")
+    row = featurise(normalize_path(path))
+    if row.status != STATUS_OK:
+        raise QueryError(f"cannot decode query image {path}: {row.error}")
+    if by == "embedding":
+        if row.embedding is None:
+            raise QueryError(f"cannot featurise query image {path}: no embedding")
+        return row.embedding
+    return int(row.hashes[by])
 
 
 def _filtered_search(vectors: VectorIndex, query: np.ndarray, k: int,

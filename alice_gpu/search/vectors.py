@@ -29,19 +29,19 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "vectors.faiss"
 SIDECAR_FILE = "vectors.json"
 FLAT_MAX = 20_000          # exact below this many vectors (the crossover: RESULTS.md)
-TRAIN_PER_LIST = 32        # training vectors per IVF list (FAISS warns below 39; measured fine)
-PROBE_FRACTION = 8         # similar probes nlist / 8 lists: recall@10 >= 0.95 (RESULTS.md)
+TRAIN_PER_LIST = 32        # training vectors per IVF list (FAISS advises 39: RESULTS.md)
+PROBE_FRACTION = 8         # similar probes nlist / 8 lists (its recall: RESULTS.md)
 GRAPH_PROBES = 4           # duplicates: lists each vector is joined with (RESULTS.md)
 SQ_MARGIN = 0.2            # SQ8 ranges: the sample's min..max, widened by 20% each side
 RETRAIN_GROWTH = 4         # retrain once the index holds 4x what it was trained on
 CHUNK = 4096               # vectors per streamed slice (20 MiB at 1280-d, and FAISS's
                            # assignment of a slice to 2048 lists: 32 MiB more)
 # duplicates' pairs among at most this many vectors are one dense product in numpy,
-# read from the store without FAISS or pyarrow: importing those (~0.3 s together) costs
-# more than the whole search at this size (benchmarks/bench_duplicates.py)
+# read from the store without FAISS or pyarrow, whose imports cost more than the whole
+# search at this size (benchmarks/bench_duplicates.py)
 DENSE_PAIRS_MAX = 4096
 DENSE_BLOCK = 1024         # rows per block of the dense product (1024 x 4096 floats: 16 MiB)
-BASE_MB = 200              # a query process besides the index: ~150 MB measured (RESULTS.md)
+BASE_MB = 200              # a query process besides the index (measured: RESULTS.md)
 
 
 def _libc():

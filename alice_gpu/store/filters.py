@@ -13,10 +13,9 @@ from dataclasses import dataclass, fields
 from datetime import date, datetime, timedelta
 from typing import Any
 
+from ..config import SOURCES
 from ..errors import QueryError
 
-SOURCES = ("a1111", "comfyui", "invokeai", "novelai", "fooocus", "swarmui", "stability-matrix",
-           "tensorart", "civitai", "drawthings", "midjourney", "c2pa", "none")
 _SOURCE_ALIASES = {"automatic1111": "a1111", "forge": "a1111", "reforge": "a1111",
                    "sdnext": "a1111", "sd.next": "a1111", "comfy": "comfyui", "invoke": "invokeai",
                    "nai": "novelai", "swarm": "swarmui", "stabilitymatrix": "stability-matrix",
@@ -72,6 +71,36 @@ def format_name(text: str) -> str:
     raise QueryError(f"unknown --format {text!r} (e.g. jpeg, png, heic, avif, webp)")
 
 
+# scripts written without spaces between words: a word there is any run of its letters
+_UNSPACED = re.compile("[\u0e00-\u0e7f\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
+# RE2 (DuckDB's regex engine) reads \b and \w as ASCII: word edges spelt in Unicode classes
+_EDGE = r"(?:^|[^\p{L}\p{N}_])"
+_EDGE_END = r"(?:$|[^\p{L}\p{N}_])"
+
+
+def prompt_word(word: str, a: str) -> tuple[str, str]:
+    """One ``--prompt`` word as a condition: a whole word, whatever its script (case
+    folded), or a substring in scripts that put no spaces between words (CJK, Thai)."""
+    if _UNSPACED.search(word):
+        return f"contains(lower({a}.prompt), ?)", word
+    return f"regexp_matches({a}.prompt, ?, 'i')", _EDGE + re.escape(word) + _EDGE_END
+
+
+def folder_condition(folder: str, a: str) -> tuple[str, list[str]]:
+    """Files at or under ``folder``, their names stored as text or, not being UTF-8, as
+    raw bytes (``store.paths``)."""
+    import os
+
+    from ..discover import normalize_path
+    from .paths import raw_form, to_db
+
+    path = normalize_path(os.path.expanduser(folder)).rstrip("/") or "/"
+    under = path.rstrip("/") + "/"
+    prefixes = sorted({to_db(under), raw_form(under)})
+    cond = " OR ".join([f"{a}.path = ?"] + [f"starts_with({a}.path, ?)"] * len(prefixes))
+    return f"({cond})", [to_db(path), *prefixes]
+
+
 def where(f: Filters, alias: str = "a") -> tuple[str, list[Any]]:
     """``(condition, parameters)`` for ``WHERE``; "TRUE" when nothing is filtered."""
     a = alias
@@ -88,12 +117,14 @@ def where(f: Filters, alias: str = "a") -> tuple[str, list[Any]]:
         if not words:
             raise QueryError("--prompt needs at least one word")
         for word in words:
-            parts.append(f"regexp_matches({a}.prompt, ?, 'i')")
-            params.append(rf"\b{re.escape(word)}\b")
+            part, value = prompt_word(word, a)
+            parts.append(part)
+            params.append(value)
     if f.camera:
-        parts.append(f"(coalesce({a}.camera_make, '') || ' ' || coalesce({a}.camera_model, '')) "
-                     f"ILIKE ?")
-        params.append(f"%{f.camera.strip()}%")
+        # a plain substring: % and _ are what they are, not LIKE's wildcards
+        parts.append(f"contains(lower(coalesce({a}.camera_make, '') || ' ' || "
+                     f"coalesce({a}.camera_model, '')), lower(?))")
+        params.append(f.camera.strip())
     when = f"coalesce({a}.taken_at, make_timestamp({a}.mtime_ns // 1000))"
     if f.since:
         start, _ = _day(f.since, "since")
@@ -104,13 +135,9 @@ def where(f: Filters, alias: str = "a") -> tuple[str, list[Any]]:
         parts.append(f"{when} {'<' if whole_day else '<='} ?")
         params.append(end + timedelta(days=1) if whole_day else end)
     if f.folder:
-        import os
-
-        from ..discover import normalize_path
-
-        folder = normalize_path(os.path.expanduser(f.folder)).rstrip("/") or "/"
-        parts.append(f"({a}.path = ? OR starts_with({a}.path, ?))")
-        params += [folder, folder.rstrip("/") + "/"]
+        part, values = folder_condition(f.folder, a)
+        parts.append(part)
+        params += values
     if f.format:
         parts.append(f"{a}.format = ?")
         params.append(format_name(f.format))

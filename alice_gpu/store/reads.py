@@ -16,7 +16,7 @@ import numpy as np
 from ..config import HASH_NAMES as HASHES
 from ..records import ORIENT_KEYS
 from . import codec
-from .paths import from_db, to_db
+from .paths import from_db, registered, to_db
 from .schema import ASSET_COLUMNS, META_COLUMNS, first
 
 if TYPE_CHECKING:
@@ -64,18 +64,14 @@ class Reads:
         """Content hashes of complete assets whose size is in ``sizes``, by size."""
         if not sizes:
             return {}
-        import pyarrow as pa   # on first use: not on the path to the first decode
-        self.con.register("_sz", pa.table({"size": pa.array(sorted(sizes), pa.int64())}))
-        try:
-            sql = "SELECT DISTINCT a.size, a.content_hash FROM assets a JOIN _sz USING (size)"
-            if require_embedding:
-                sql += " JOIN embeddings e ON e.asset_id = a.id"
-            sql += (" WHERE a.status = 'ok' AND a.content_hash IS NOT NULL"
-                    " AND a.phash_orient IS NOT NULL"
-                    f" AND coalesce(a.meta_version, 0) >= {int(need_meta)}")
+        sql = "SELECT DISTINCT a.size, a.content_hash FROM assets a JOIN _sz USING (size)"
+        if require_embedding:
+            sql += " JOIN embeddings e ON e.asset_id = a.id"
+        sql += (" WHERE a.status = 'ok' AND a.content_hash IS NOT NULL"
+                " AND a.phash_orient IS NOT NULL"
+                f" AND coalesce(a.meta_version, 0) >= {int(need_meta)}")
+        with registered(self.con, "_sz", size=(sorted(sizes), "int64")):
             rows = self.con.execute(sql).fetchall()
-        finally:
-            self.con.unregister("_sz")
         out: dict[int, set[str]] = {}
         for size, digest in rows:
             out.setdefault(int(size), set()).add(digest)
@@ -87,10 +83,8 @@ class Reads:
         keys = sorted(set(content_hashes))
         if not keys:
             return {}
-        import pyarrow as pa   # on first use: not on the path to the first decode
-        self.con.register("_ch", pa.table({"content_hash": pa.array(keys, pa.string())}))
-        try:
-            join = "JOIN" if require_embedding else "LEFT JOIN"
+        join = "JOIN" if require_embedding else "LEFT JOIN"
+        with registered(self.con, "_ch", content_hash=(keys, "string")):
             rows = self.con.execute(
                 f"SELECT a.content_hash, a.width, a.height, a.format, "
                 f"{', '.join('a.' + h for h in HASHES)}, a.phash_orient, "
@@ -99,8 +93,6 @@ class Reads:
                 f"{join} embeddings e ON e.asset_id = a.id "
                 f"WHERE a.status = 'ok' AND a.phash_orient IS NOT NULL "
                 f"AND coalesce(a.meta_version, 0) >= {int(need_meta)} ORDER BY a.id").fetchall()
-        finally:
-            self.con.unregister("_ch")
         out: dict[str, dict[str, Any]] = {}
         for row in rows:
             ch, w, h, fmt, *rest, scale, vec = row
@@ -129,14 +121,10 @@ class Reads:
         ids = [int(i) for i in ids]
         if not ids:
             return {}
-        import pyarrow as pa   # on first use: not on the path to the first decode
-        self.con.register("_q", pa.table({"id": pa.array(ids, pa.int64())}))
-        try:
+        with registered(self.con, "_q", id=(ids, "int64")):
             cur = self.con.execute(f"SELECT {', '.join('a.' + c for c in ASSET_COLUMNS)} "
                                    f"FROM assets a JOIN _q USING (id)")
             return {row[0]: _row(row) for row in cur.fetchall()}
-        finally:
-            self.con.unregister("_q")
 
     def hashes(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64, hashes uint64) of every OK asset."""
@@ -306,17 +294,16 @@ class Reads:
         its own cursor, so the caller may query the store between slices.
         """
         cur = self.con.cursor()
+        want = np.zeros(0, np.int64) if ids is None else np.asarray(ids, np.int64)
+        sql = "SELECT asset_id, scale, vector FROM embeddings"
+        if ids is not None:
+            sql += " WHERE asset_id IN (SELECT id FROM _want)"
         try:
-            sql = "SELECT asset_id, scale, vector FROM embeddings"
-            if ids is not None:
-                import pyarrow as pa
-
-                cur.register("_want", pa.table({"id": pa.array(np.asarray(ids, np.int64))}))
-                sql += " WHERE asset_id IN (SELECT id FROM _want)"
-            # no ORDER BY: sorting would materialise the table inside DuckDB's memory limit
-            for batch in cur.sql(sql).to_arrow_reader(rows):
-                out = batch.column(0).to_numpy().astype(np.int64)
-                yield out, codec.from_arrow(batch.column(2), batch.column(1), self.dim)
+            with registered(cur, "_want", id=(want, "int64")):
+                # no ORDER BY: sorting would materialise the table inside DuckDB's memory limit
+                for batch in cur.sql(sql).to_arrow_reader(rows):
+                    out = batch.column(0).to_numpy().astype(np.int64)
+                    yield out, codec.from_arrow(batch.column(2), batch.column(1), self.dim)
         finally:
             cur.close()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import duckdb
 
 from ..config import HASH_NAMES as HASHES
-from ..errors import StorageError, StoreError, is_storage_failure
+from ..errors import StorageError, StoreError, command_line, is_storage_failure
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +220,16 @@ def init_schema(con: duckdb.DuckDBPyConnection, folder: Path, model: str, dim: i
         raise
 
 
+def _roots(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """The folders an index was built from (for a command that re-runs them), or FOLDER."""
+    try:
+        rows = con.execute("SELECT DISTINCT roots FROM runs WHERE roots IS NOT NULL").fetchall()
+        roots = sorted({str(r) for (text,) in rows for r in json.loads(text)})
+    except (duckdb.Error, ValueError, TypeError):
+        roots = []
+    return roots or ["FOLDER"]
+
+
 def check_schema(con: duckdb.DuckDBPyConnection, folder: Path, read_only: bool) -> None:
     """Refuse a DuckDB file that is not an alice-gpu index, or one of another schema."""
     try:
@@ -230,7 +240,8 @@ def check_schema(con: duckdb.DuckDBPyConnection, folder: Path, read_only: bool) 
     version = int(row[0]) if row else None
     if version is not None and version < SCHEMA_VERSION and read_only:
         raise StoreError(f"index schema {version} is older than this alice-gpu's "
-                         f"({SCHEMA_VERSION}); run `alice-gpu index` once to migrate it")
+                         f"({SCHEMA_VERSION}); migrate it once with "
+                         f"{command_line('index', *_roots(con), '--db', folder)}")
     if version != SCHEMA_VERSION:
         raise StoreError(f"index schema {version} is not supported by this alice-gpu "
                          f"(expects {SCHEMA_VERSION})")

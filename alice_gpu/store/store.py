@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from ..errors import StorageError, StoreError, StoreLockedError
+from ..errors import StoreError, StoreLockedError, command_line
 from .reads import Reads
 from .schema import DB_FILE, check_manifest, check_schema, init_schema, migrate
 from .writes import Writes
@@ -32,23 +32,24 @@ class Store(Reads, Writes):
         db_path = self.folder / DB_FILE
         if read_only:
             if not db_path.exists():
-                raise StoreError(f"no index at {self.folder} (run `alice-gpu index PATH` first, "
-                                 f"or point --db at an existing index)")
+                raise StoreError(f"no index at {self.folder}: build one with "
+                                 f"{command_line('index', 'FOLDER', '--db', self.folder)}, "
+                                 f"or point --db at an existing index")
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
         check_manifest(self.folder, model, dim)
         self.con = _connect(db_path, read_only, self.folder)
-        if memory_limit_mb:
-            # DuckDB caches what it writes; bound it so memory does not grow with the index
-            self.con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
-        if not read_only:
-            self.con = migrate(self.con, self.folder, dim)
-            try:
+        try:
+            if memory_limit_mb:
+                # DuckDB caches what it writes; bound it so memory does not grow with the index
+                self.con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
+            if not read_only:
+                self.con = migrate(self.con, self.folder, dim)
                 init_schema(self.con, self.folder, model, dim)
-            except StorageError:
-                self.close()
-                raise
-        check_schema(self.con, self.folder, read_only)
+            check_schema(self.con, self.folder, read_only)
+        except BaseException:
+            self.close()          # a refused index is not left open (and locked) behind
+            raise
 
     def close(self) -> None:
         if self.con is not None:

@@ -23,7 +23,7 @@ from ..config import HASH_NAMES as HASHES
 from ..errors import StorageError, is_storage_failure
 from ..records import ORIENT_KEYS, STATUS_OK, AssetRecord
 from . import codec
-from .paths import to_db
+from .paths import registered, to_db
 from .schema import ASSET_COLUMNS, META_COLUMNS
 
 if TYPE_CHECKING:
@@ -32,6 +32,10 @@ if TYPE_CHECKING:
     from .filters import Filters
 
 log = logging.getLogger(__name__)
+
+# the vector index is derived: a change to the vectors makes the saved one stale
+_BUMP_VECTORS = ("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
+                 "WHERE key = 'vectors_version'")
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ class Writes:
         id_tbl = pa.table({"id": pa.array(ids, pa.int64())})
         con = self.con
         con.execute("BEGIN TRANSACTION")
-        con.register("_ids", id_tbl)
+        con.register("_ids", id_tbl)   # within the caller's rollback (write_batch)
         try:
             had_vec = con.execute("SELECT count(*) FROM embeddings WHERE asset_id IN "
                                   "(SELECT id FROM _ids)").fetchall()[0][0]
@@ -155,8 +159,7 @@ class Writes:
             if len(emb_rows):
                 self._insert("embeddings", ("asset_id", "model", "scale", "vector"), embs, insert_size, bulk)
             if len(emb_rows) or had_vec:
-                con.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
-                            "WHERE key = 'vectors_version'")
+                con.execute(_BUMP_VECTORS)
             con.execute("COMMIT")
         finally:
             con.unregister("_ids")
@@ -170,94 +173,79 @@ class Writes:
         """Delete vanished files (and their embeddings); returns their ids."""
         if not paths:
             return np.zeros(0, np.int64)
-        import pyarrow as pa   # on first use: not on the path to the first decode
-        tbl = pa.table({"path": pa.array([to_db(p) for p in paths], pa.string())})
         con = self.con
-        con.register("_gone", tbl)
-        try:
-            con.execute("BEGIN TRANSACTION")
-            ids = np.asarray(con.execute("SELECT id FROM assets JOIN _gone USING (path)")
-                             .fetchnumpy()["id"], dtype=np.int64)
-            con.execute("DELETE FROM embeddings WHERE asset_id IN "
-                        "(SELECT id FROM assets JOIN _gone USING (path))")
-            con.execute("DELETE FROM tags WHERE asset_id IN "
-                        "(SELECT id FROM assets JOIN _gone USING (path))")
-            con.execute("DELETE FROM assets WHERE path IN (SELECT path FROM _gone)")
-            con.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
-                        "WHERE key = 'vectors_version'")
-            con.execute("COMMIT")
-        except duckdb.Error:
-            self._rollback()
-            raise
-        finally:
-            con.unregister("_gone")
+        with registered(con, "_gone", path=([to_db(p) for p in paths], "string")):
+            try:
+                con.execute("BEGIN TRANSACTION")
+                ids = np.asarray(con.execute("SELECT id FROM assets JOIN _gone USING (path)")
+                                 .fetchnumpy()["id"], dtype=np.int64)
+                gone = "SELECT id FROM assets JOIN _gone USING (path)"
+                con.execute(f"DELETE FROM embeddings WHERE asset_id IN ({gone})")
+                con.execute(f"DELETE FROM tags WHERE asset_id IN ({gone})")
+                con.execute("DELETE FROM assets WHERE path IN (SELECT path FROM _gone)")
+                con.execute(_BUMP_VECTORS)
+                con.execute("COMMIT")
+            except duckdb.Error:
+                self._rollback()
+                raise
         return ids
 
     def move_paths(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Files that moved (src, dst): their rows take the new paths, keeping id, features
-        and vector. A stale row already at a destination (a file gone since) is dropped."""
+        and vector. A stale row already at a destination (a file gone since) is dropped,
+        but only for a move still to apply: a pair applied before (the row is at dst and
+        none at src) is left as it is, so replaying a journal never loses a row."""
         if not pairs:
             return
-        import pyarrow as pa
-        tbl = pa.table({"src": pa.array([to_db(s) for s, _ in pairs], pa.string()),
-                        "dst": pa.array([to_db(d) for _, d in pairs], pa.string())})
         con = self.con
-        con.register("_mv", tbl)
-        try:
-            con.execute("BEGIN TRANSACTION")
-            stale = con.execute("SELECT count(*) FROM assets WHERE path IN (SELECT dst FROM _mv)"
-                                ).fetchall()[0][0]
-            if stale:
-                con.execute("DELETE FROM embeddings WHERE asset_id IN "
-                            "(SELECT id FROM assets WHERE path IN (SELECT dst FROM _mv))")
-                con.execute("DELETE FROM assets WHERE path IN (SELECT dst FROM _mv)")
-                con.execute("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
-                            "WHERE key = 'vectors_version'")
-            con.execute("UPDATE assets SET path = _mv.dst FROM _mv WHERE assets.path = _mv.src")
-            con.execute("COMMIT")
-        except duckdb.Error:
-            self._rollback()
-            raise
-        finally:
-            con.unregister("_mv")
+        pending = "SELECT dst FROM _mv WHERE src IN (SELECT path FROM assets)"
+        stale = f"SELECT id FROM assets WHERE path IN ({pending})"
+        with registered(con, "_mv", src=([to_db(s) for s, _ in pairs], "string"),
+                        dst=([to_db(d) for _, d in pairs], "string")):
+            try:
+                con.execute("BEGIN TRANSACTION")
+                if con.execute(f"SELECT count(*) FROM ({stale})").fetchall()[0][0]:
+                    con.execute(f"DELETE FROM embeddings WHERE asset_id IN ({stale})")
+                    con.execute(f"DELETE FROM tags WHERE asset_id IN ({stale})")
+                    con.execute(f"DELETE FROM assets WHERE path IN ({pending})")
+                    con.execute(_BUMP_VECTORS)
+                con.execute("UPDATE assets SET path = _mv.dst FROM _mv "
+                            "WHERE assets.path = _mv.src")
+                con.execute("COMMIT")
+            except duckdb.Error:
+                self._rollback()
+                raise
 
     def update_tags(self, tag: str, add: bool, filters: "Filters",
                     paths: Sequence[str] = (), folders: Sequence[str] = ()) -> int:
         """Add (or remove) ``tag`` on every file matching ``filters`` that is one of
         ``paths`` or under one of ``folders`` (all matching files when both are empty),
         in one statement (the seed's ``batch_update_tags``). Returns the files changed."""
-        import pyarrow as pa
-
-        from .filters import where
+        from .filters import folder_condition, where
 
         cond, params = where(filters)
-        scope = []
-        con = self.con
-        if paths:
-            con.register("_tp", pa.table({"path": pa.array([to_db(p) for p in paths],
-                                                             pa.string())}))
-            scope.append("a.path IN (SELECT path FROM _tp)")
+        scope = ["a.path IN (SELECT path FROM _tp)"] if paths else []
         for folder in folders:
-            scope.append("starts_with(a.path, ?)")
-            params.append(folder.rstrip("/") + "/")
+            part, values = folder_condition(folder, "a")
+            scope.append(part)
+            params += values
         if scope:
             cond += " AND (" + " OR ".join(scope) + ")"
-        try:
-            con.execute("BEGIN TRANSACTION")
-            if add:
-                n = con.execute(f"INSERT INTO tags SELECT a.id, ? FROM assets a WHERE {cond} "
-                                f"ON CONFLICT DO NOTHING", [tag, *params]).fetchall()[0][0]
-            else:
-                n = con.execute(f"DELETE FROM tags WHERE tag = ? AND asset_id IN "
-                                f"(SELECT a.id FROM assets a WHERE {cond})",
-                                [tag, *params]).fetchall()[0][0]
-            con.execute("COMMIT")
-        except duckdb.Error:
-            self._rollback()
-            raise
-        finally:
-            if paths:
-                con.unregister("_tp")
+        con = self.con
+        with registered(con, "_tp", path=([to_db(p) for p in paths], "string")):
+            try:
+                con.execute("BEGIN TRANSACTION")
+                if add:
+                    n = con.execute(f"INSERT INTO tags SELECT a.id, ? FROM assets a WHERE {cond} "
+                                    f"ON CONFLICT DO NOTHING", [tag, *params]).fetchall()[0][0]
+                else:
+                    n = con.execute(f"DELETE FROM tags WHERE tag = ? AND asset_id IN "
+                                    f"(SELECT a.id FROM assets a WHERE {cond})",
+                                    [tag, *params]).fetchall()[0][0]
+                con.execute("COMMIT")
+            except duckdb.Error:
+                self._rollback()
+                raise
         return int(n)
 
     def auto_tags(self) -> int:

@@ -1,0 +1,133 @@
+"""Pipeline, stages: what a run computes and where, the same for every engine.
+
+The decode plan (what the decode workers produce), the features stage callable
+built for a device, the metadata version a stored row needs, and the
+:class:`Engine` protocol the run consumes: the local engine and the Ray engine
+are distributors over the same callables and differ only in where they run them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
+
+from ..config import Config
+from ..decode import DecodePlan, Known
+from ..errors import QueryError
+from ..features.stage import Featuriser
+from ..records import AssetRecord, Decoded, FileEntry
+
+if TYPE_CHECKING:
+    import threading
+
+    import torch
+
+
+class EngineFailure(Exception):
+    """An engine gave up on some files (a cluster lost them): the run does those itself."""
+
+
+class Engine(Protocol):
+    """A distributor over the stage callables; the run calls these in order."""
+
+    name: str                       # the summary's ``device`` for a run on this engine
+    on_device: bool                 # rows come from a device (batch metrics count them)
+
+    def plan(self) -> DecodePlan:
+        """What its decode tasks produce (fixed once the engine is prepared)."""
+
+    def start(self, todo: Sequence[FileEntry]) -> None:
+        """Before any thread or torch: start workers (a fork is cheap now)."""
+
+    def records(self, todo: Sequence[FileEntry], plan: DecodePlan, known: Known,
+                batch_size: int, stop: "threading.Event") -> Iterator[list[AssetRecord | Decoded]]:
+        """Rows of the files (and, as ``Decoded`` with status ``same-as-indexed``, the
+        byte-identical copies of indexed files), as each batch is done; stops early when
+        ``stop`` is set. Raises :class:`EngineFailure` for files it gave up on."""
+
+    def close(self) -> None: ...
+
+
+def need_meta(cfg: Config) -> int:
+    """The metadata version a stored row must have to count as done for this run."""
+    from ..decode.metadata import META_VERSION
+
+    return META_VERSION if cfg.metadata.extract else 0
+
+
+def hashes_on_cpu_workers(device_type: str | None, cfg: Config) -> bool:
+    """On the CPU (or with no device) the decode workers hash in parallel, where the
+    pixels already are; a GPU hashes whole batches. One rule for every engine, so two
+    runs on the same device store the same bits."""
+    return cfg.performance.parallel_hash_computation and device_type in (None, "cpu")
+
+
+def decode_plan(cfg: Config, device: "torch.device | str | None") -> DecodePlan:
+    """What the decode workers produce for this run's configuration and device (a
+    torch.device, a device type such as "cuda", or None: no device, hash-only)."""
+    kind = getattr(device, "type", device)
+    if kind is not None:
+        kind = str(kind).split(":")[0]
+    if not cfg.features.embed:
+        # hash-only: luma straight from the JPEG decoder at the hashes' working size
+        # (most JPEGs: estimated from their 1/8-scale block means)
+        parallel = cfg.performance.parallel_hash_computation
+        return DecodePlan(cfg.decode.hash_size, "L", hash_in_worker=parallel,
+                          keep_pixels=not parallel, draft_size=2 * cfg.decode.hash_size,
+                          block_means=cfg.decode.block_means,
+                          metadata=cfg.metadata.extract, gps=cfg.metadata.gps)
+    gpu = cfg.decode.engine == "gpu"
+    return DecodePlan(cfg.decode.working_size, "RGB",
+                      hash_in_worker=hashes_on_cpu_workers(kind, cfg) and not gpu,
+                      keep_pixels=True, gpu_decode=gpu, metadata=cfg.metadata.extract,
+                      gps=cfg.metadata.gps)
+
+
+def make_featuriser(cfg: Config, device: "torch.device | str | None" = None,
+                    timer: Any = None) -> Featuriser:
+    """The features stage callable for ``cfg`` on ``device`` (a torch.device, a name, or
+    None for the configured one); rows only for a CPU hash-only run. The local engine and
+    every Ray actor build theirs here."""
+    if not cfg.features.embed and cfg.performance.parallel_hash_computation:
+        plain = device if device is not None and not isinstance(device, str) else None
+        return Featuriser(None, decode_plan(cfg, plain), False, timer)
+    from ..gpu.devices import resolve_precision, select_device
+
+    dev = device if device is not None and not isinstance(device, str) else \
+        select_device(device or cfg.device)
+    return Featuriser.create(dev, cfg.features.model if cfg.features.embed else None,
+                             decode_plan(cfg, dev), resolve_precision(dev, cfg.features.precision),
+                             timer)
+
+
+def featurise_outside(cfg: Config, model: str, embedded_index: bool, want_embedding: bool
+                      ) -> Callable[[str], AssetRecord]:
+    """A file outside the index to its row, made the way the index made its rows: the
+    decode plan of a run with (or, for a hash-only index, without) embeddings, and the
+    same stage callables. Hashes alone are computed in numpy here (no torch) wherever a
+    CPU run computes them in its workers."""
+    made = cfg.with_overrides(features__embed=embedded_index, features__model=model,
+                              decode__engine="cpu", metadata__extract=False)
+
+    def featurise(path: str) -> AssetRecord:
+        from ..features.worker import decode_and_hash
+
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise QueryError(f"cannot read query image {path}: {exc.strerror}") from None
+        cpu_plan = decode_plan(made, "cpu" if embedded_index else None)
+        if not want_embedding and cpu_plan.hash_in_worker:
+            featuriser = Featuriser(None, cpu_plan, False)
+        else:
+            from ..gpu.devices import resolve_precision, select_device
+
+            dev = select_device(made.device)
+            featuriser = Featuriser.create(dev, model if want_embedding else None,
+                                           decode_plan(made, dev),
+                                           resolve_precision(dev, made.features.precision))
+        decoded = decode_and_hash([FileEntry(path, st.st_size, st.st_mtime_ns)],
+                                  featuriser.plan, None, made.decode.timeout_seconds)
+        return featuriser(decoded)[0]
+
+    return featurise
