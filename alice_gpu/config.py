@@ -277,6 +277,12 @@ def load_config(path: str | os.PathLike[str] | None = None, *, profile: str | No
     return parse_config(text, f"config {path}")
 
 
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """A validated Config from the tree ``dataclasses.asdict`` makes of one (how a client
+    sends its configuration to the process that holds an index)."""
+    return _build(Config, data, "").validate()
+
+
 def parse_config(text: str, where: str) -> Config:
     """A validated Config from YAML text; ``where`` names the source in messages."""
     import yaml

@@ -104,10 +104,11 @@ def test_a_second_writer_is_refused_at_once_with_exit_3(photos_copy, tmp_path):
         second = subprocess.run([EXE, "index", str(photos_copy), "--db", str(db)],
                                 capture_output=True, text=True, timeout=120)
         assert second.returncode == 3, second.stderr
-        assert "in use by another alice-gpu process" in second.stderr
-        busy = subprocess.run([EXE, "stats", "--db", str(db)], capture_output=True, text=True,
-                              timeout=120)
-        assert busy.returncode == 3 and "in use" in busy.stderr
+        assert f"is held by alice-gpu index {photos_copy}" in second.stderr
+        assert f"(pid {first.pid})" in second.stderr and second.stderr.count("\n") == 1
+        asked = subprocess.run([EXE, "stats", "--db", str(db), "--json"], capture_output=True,
+                               text=True, timeout=120)
+        assert asked.returncode == 0, asked.stderr           # answered by the first run
         assert first.poll() is None      # refused while the first still ran: nobody waited
     finally:
         first.send_signal(signal.SIGINT)

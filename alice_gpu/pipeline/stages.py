@@ -106,8 +106,9 @@ def featurise_outside(cfg: Config, model: str, embedded_index: bool, want_embedd
     decode plan of a run with (or, for a hash-only index, without) embeddings, and the
     same stage callables. Hashes alone are computed in numpy here (no torch) wherever a
     CPU run computes them in its workers."""
-    made = cfg.with_overrides(features__embed=embedded_index, features__model=model,
-                              decode__engine="cpu", metadata__extract=False)
+    made = cfg.with_overrides(features__embed=embedded_index or want_embedding,
+                              features__model=model, decode__engine="cpu",
+                              metadata__extract=False)
 
     def featurise(path: str) -> AssetRecord:
         from ..features.worker import decode_and_hash
@@ -116,7 +117,7 @@ def featurise_outside(cfg: Config, model: str, embedded_index: bool, want_embedd
             st = os.stat(path)
         except OSError as exc:
             raise QueryError(f"cannot read query image {path}: {exc.strerror}") from None
-        cpu_plan = decode_plan(made, "cpu" if embedded_index else None)
+        cpu_plan = decode_plan(made, "cpu" if made.features.embed else None)
         if not want_embedding and cpu_plan.hash_in_worker:
             featuriser = Featuriser(None, cpu_plan, False)
         else:

@@ -12,10 +12,13 @@ files are rebuilt from DuckDB, streaming, never fatal. Queries memory-map it.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
 import os
+import threading
+from contextlib import contextmanager
 from typing import Iterator
 
 import numpy as np
@@ -92,6 +95,10 @@ class VectorIndex:
         self.meta: dict = {}
         self.rebuilt = False
         self.deferred = False
+        # in a process that answers queries while it writes (remote.server): a query holds
+        # the lock while it uses the index, and the writer's changes then wait in pending
+        self.lock = threading.RLock()
+        self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
 
     def is_current(self) -> bool:
         """Does the file on disk reflect the store as it is now? (reads only the sidecar)"""
@@ -157,7 +164,10 @@ class VectorIndex:
             yield ids[s:s + CHUNK], xb[s:s + CHUNK]
 
     def rebuild(self, reason: str = "requested") -> object:
-        """Build from the store, streaming: memory is the index plus one slice."""
+        """Build from the store, streaming: memory is the index plus one slice. The file
+        saved names the store's version from before the read: rows committed meanwhile
+        make it stale, never wrongly current."""
+        version = self.store.vectors_version()
         n = self.store.embedding_count()
         self._check_budget(n)
         faiss = _faiss()
@@ -190,7 +200,7 @@ class VectorIndex:
         self.index, self.meta = index, meta
         self.rebuilt = True
         try:
-            self.save()   # also after a read-only open: the file is derived, not the store
+            self.save(version)   # also after a read-only open: the file is derived
         except (OSError, StorageError) as exc:
             log.info("could not save the rebuilt vector index (%s); using it in memory", exc)
         return index
@@ -223,21 +233,48 @@ class VectorIndex:
         store as it was; applying a change twice is harmless (ids re-added are
         removed first), so a rebuild that already saw it stays correct. An index
         that outgrows its kind (flat past ``FLAT_MAX``, IVF past ``RETRAIN_GROWTH``
-        times its training size) is rebuilt from the store instead.
+        times its training size) is rebuilt from the store instead. While a query
+        holds the index the change waits, and goes in with the next one.
         """
         if self.deferred:
             return
-        index = self.load()
-        drop = np.unique(np.concatenate([np.asarray(remove_ids, dtype=np.int64),
-                                         np.asarray(add_ids, dtype=np.int64)]))
-        if len(drop):
-            index.remove_ids(drop)
-        if len(add_ids):
-            index.add_with_ids(np.ascontiguousarray(add_vecs, dtype=np.float32),
-                               np.asarray(add_ids, dtype=np.int64))
-        if self._outgrown():
-            self.index = None
-            self.rebuild("outgrown")
+        self.pending.append((np.asarray(remove_ids, dtype=np.int64),
+                             np.asarray(add_ids, dtype=np.int64), add_vecs))
+        if self.lock.acquire(blocking=False):
+            try:
+                self._apply_pending()
+            finally:
+                self.lock.release()
+
+    def _apply_pending(self) -> None:
+        while self.pending:
+            remove_ids, add_ids, add_vecs = self.pending.pop(0)
+            index = self.load()
+            drop = np.unique(np.concatenate([remove_ids, add_ids]))
+            if len(drop):
+                index.remove_ids(drop)
+            if len(add_ids):
+                index.add_with_ids(np.ascontiguousarray(add_vecs, dtype=np.float32), add_ids)
+            if self._outgrown():
+                self.index = None
+                self.pending.clear()          # the rebuild reads every committed change
+                self.rebuild("outgrown")
+
+    @contextmanager
+    def reading(self, store: Store, memory_mb: int | None) -> Iterator["VectorIndex"]:
+        """This (live) index for a query on another thread, through ``store`` (a view):
+        held for the query's length. A run that was not keeping it in step (``defer``)
+        starts to, from an index built once from what is committed."""
+        with self.lock:
+            reader = copy.copy(self)
+            reader.store, reader.memory_mb, reader.mmap = store, memory_mb, False
+            if self.deferred or self.index is None:
+                self.deferred = False         # the writer's changes from now on: pending
+                reader.deferred, reader.index = False, None
+                reader.load()                 # the file when current, else built once
+                self.index, self.meta = reader.index, reader.meta
+            reader.index, reader.meta = self.index, self.meta
+            yield reader              # the writer's changes meanwhile wait in pending
 
     def _outgrown(self) -> bool:
         n = self.index.ntotal
@@ -245,13 +282,17 @@ class VectorIndex:
             return n >= FLAT_MAX
         return n > RETRAIN_GROWTH * self.meta.get("trained_on", n)
 
-    def save(self) -> None:
-        """Atomic: temp file + rename, the sidecar last (a crash between = stale = rebuild)."""
+    def save(self, version: int | None = None) -> None:
+        """Atomic: temp file + rename, the sidecar last (a crash between = stale = rebuild).
+        ``version``: the store's version the index reflects (default: the current one)."""
         if self.deferred or self.index is None:
             return
-        tmp = self.path.with_name(f".{INDEX_FILE}.tmp")
-        stmp = self.sidecar.with_name(f".{SIDECAR_FILE}.tmp")
-        meta = {**self.meta, "version": self.store.vectors_version(), "dim": self.dim,
+        with self.lock:
+            self._apply_pending()
+        tmp = self.path.with_name(f".{INDEX_FILE}.tmp.{os.getpid()}.{threading.get_ident()}")
+        stmp = self.sidecar.with_name(f".{SIDECAR_FILE}.tmp.{os.getpid()}.{threading.get_ident()}")
+        version = self.store.vectors_version() if version is None else version
+        meta = {**self.meta, "version": version, "dim": self.dim,
                 "count": int(self.index.ntotal), "model": self.store.model}
         try:
             _faiss().write_index(self.index, str(tmp))

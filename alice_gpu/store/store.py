@@ -7,7 +7,9 @@ the schema and its migrations in :mod:`.schema`.
 
 from __future__ import annotations
 
+import copy
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +31,9 @@ class Store(Reads, Writes):
         self.dim = dim
         self.read_only = read_only
         self.con: duckdb.DuckDBPyConnection | None = None
+        self.gate = threading.RLock()      # writes take turns (Writes: @_gated)
+        self._views: duckdb.DuckDBPyConnection | None = None
+        self._views_lock = threading.Lock()
         db_path = self.folder / DB_FILE
         if read_only:
             if not db_path.exists():
@@ -51,7 +56,26 @@ class Store(Reads, Writes):
             self.close()          # a refused index is not left open (and locked) behind
             raise
 
+    def serve_views(self) -> None:
+        """Make :meth:`view` usable from other threads (call it on the thread that owns
+        ``con``, before it is handed to another): views are cursors of this one."""
+        self._views = self.con.cursor()
+
+    def view(self) -> "Store":
+        """Another connection to the same open index, for one request on another thread:
+        it sees what is committed, and its writes take turns with ours (``gate``)."""
+        if self._views is None:
+            raise RuntimeError("Store.serve_views() comes before Store.view()")
+        other = copy.copy(self)
+        with self._views_lock:
+            other.con = self._views.cursor()
+        other._views = None
+        return other
+
     def close(self) -> None:
+        if self._views is not None:
+            self._views.close()
+            self._views = None
         if self.con is not None:
             self.con.close()
             self.con = None

@@ -8,6 +8,7 @@ raises :class:`~alice_gpu.errors.StorageError` (exit 4), earlier data intact.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -33,6 +34,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+
+def _gated(method):
+    """A write runs alone: in the process that holds the index, a client's queued write
+    (a tag) and the run's own batches take turns through ``Store.gate``."""
+    @functools.wraps(method)
+    def run(self, *args, **kwargs):
+        with self.gate:
+            return method(self, *args, **kwargs)
+    return run
+
 # the vector index is derived: a change to the vectors makes the saved one stale
 _BUMP_VECTORS = ("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARCHAR) "
                  "WHERE key = 'vectors_version'")
@@ -55,6 +66,7 @@ class Writes:
     model: str
     dim: int
 
+    @_gated
     def write_batch(self, records: Sequence[AssetRecord], run_id: int | None = None, *,
                     insert_size: int = 1000, bulk: bool = True) -> WriteResult:
         """Upsert records in one transaction; on failure retry row by row, isolating bad rows.
@@ -169,6 +181,7 @@ class Writes:
         return WriteResult(len(records), [], emb_ids, codec.decode(codes, scales),
                            touched)
 
+    @_gated
     def remove_paths(self, paths: Sequence[str]) -> np.ndarray:
         """Delete vanished files (and their embeddings); returns their ids."""
         if not paths:
@@ -190,6 +203,7 @@ class Writes:
                 raise
         return ids
 
+    @_gated
     def move_paths(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Files that moved (src, dst): their rows take the new paths, keeping id, features
         and vector. A stale row already at a destination (a file gone since) is dropped,
@@ -216,6 +230,7 @@ class Writes:
                 self._rollback()
                 raise
 
+    @_gated
     def update_tags(self, tag: str, add: bool, filters: "Filters",
                     paths: Sequence[str] = (), folders: Sequence[str] = ()) -> int:
         """Add (or remove) ``tag`` on every file matching ``filters`` that is one of
@@ -248,6 +263,7 @@ class Writes:
                 raise
         return int(n)
 
+    @_gated
     def auto_tags(self) -> int:
         """Tags from metadata: source:<generator>, model:<name>, camera:<model>."""
         sql = """INSERT INTO tags
@@ -259,12 +275,14 @@ class Writes:
                  ON CONFLICT DO NOTHING"""
         return int(self.con.execute(sql).fetchall()[0][0])
 
+    @_gated
     def start_run(self, roots: Sequence[str], device: str, embed: bool) -> int:
         run_id = int(self.con.execute("SELECT coalesce(max(id), 0) + 1 FROM runs").fetchall()[0][0])
         self.con.execute("INSERT INTO runs (id, started_at, roots, device, embed) "
                          "VALUES (?, now(), ?, ?, ?)", [run_id, json.dumps(list(roots)), device, embed])
         return run_id
 
+    @_gated
     def finish_run(self, run_id: int, summary: dict[str, Any], status: str) -> None:
         self.con.execute(
             "UPDATE runs SET finished_at = now(), files_seen = ?, decoded = ?, unchanged = ?, "

@@ -1,5 +1,10 @@
 """The Python API: everything the CLI does, for notebooks and media organisers.
 
+When another process holds the index (an ``index`` run), each call is answered by
+that process over its socket (:mod:`.routing`); inside the holder, calls run on
+views of the held store (:mod:`.held`). Either way the caller gets what a
+direct call returns.
+
     import alice_gpu
     idx = alice_gpu.open_index("~/my-index")
     idx.index(["~/Pictures"])
@@ -15,19 +20,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
-from .config import Config, default_db_dir, load_config
-from .errors import ConfigError, QueryMemoryError, command_line
-from .features.modelcfg import known_dim
-from .search.cache import QueryCache, file_stamp
-from .store import DB_FILE, MANIFEST_FILE, Store
+from ..config import Config, default_db_dir, load_config
+from ..errors import ConfigError, QueryMemoryError, command_line
+from ..features.modelcfg import known_dim
+from ..search.cache import QueryCache, file_stamp
+from .routing import routed
+from ..store import DB_FILE, MANIFEST_FILE, Store
 
 if TYPE_CHECKING:
-    from .actions.moves import MoveReport
-    from .pipeline import IndexSummary, ProgressFn
-    from .pipeline.ray_engine import RayEngine
-    from .search.evaluate import Evaluation
-    from .search.queries import DuplicatesResult, SimilarResult
-    from .store.filters import Filters
+    from ..actions.moves import MoveReport
+    from ..pipeline import IndexSummary, ProgressFn
+    from ..pipeline.ray_engine import RayEngine
+    from ..search.evaluate import Evaluation
+    from ..search.queries import DuplicatesResult, SimilarResult
+    from ..store.filters import Filters
+    from .held import HeldIndex
 
 # the pipeline, the queries and anything with torch are imported where they are
 # needed: `stats`, and queries answered from stored features, start in a fraction
@@ -39,9 +46,11 @@ log = logging.getLogger(__name__)
 class AliceIndex:
     """One index folder. Each call opens the store for just as long as it needs it."""
 
-    def __init__(self, db: str | os.PathLike[str] | None = None, config: Config | None = None):
+    def __init__(self, db: str | os.PathLike[str] | None = None, config: Config | None = None,
+                 *, held: "HeldIndex | None" = None):
         self.folder = Path(db).expanduser() if db else default_db_dir()
         self.config = config or load_config()
+        self._held = held          # inside the process that holds the index: its views
         perf = self.config.performance
         self.cache = QueryCache(perf.search_cache_size, perf.cache_ttl_seconds)
 
@@ -56,7 +65,10 @@ class AliceIndex:
             return {}
 
     def _open(self, read_only: bool) -> Store:
-        """Queries use the model the index was built with; writes the configured one."""
+        """Queries use the model the index was built with; writes the configured one.
+        Inside the holder: a view of the held store (a context manager alike)."""
+        if self._held is not None:
+            return self._held.view()
         manifest = self._manifest()
         name = manifest.get("model") if read_only else None
         name = name or self.config.features.model
@@ -64,7 +76,7 @@ class AliceIndex:
         if not isinstance(dim, int):
             dim = known_dim(name)
         if dim is None:
-            from .features.models import model_cfg   # a plug-in model: ask the registry
+            from ..features.models import model_cfg   # a plug-in model: ask the registry
 
             dim = model_cfg(name).dim
         # an index run caches what it writes within the decode budget; a query's DuckDB
@@ -73,6 +85,7 @@ class AliceIndex:
                  max(256, self.config.performance.max_memory_cache_mb))
         return Store(self.folder, model=name, dim=dim, read_only=read_only, memory_limit_mb=limit)
 
+    @routed
     def index(self, paths: Iterable[str | os.PathLike[str]], *, device: str | None = None,
               embed: bool | None = None, batch_size: int | None = None,
               workers: int | None = None, retry_failed: bool = False,
@@ -96,7 +109,7 @@ class AliceIndex:
         dev = None
         local = engine == "local" and ray_engine is None
         if local and (cfg.device not in ("auto", "cpu") or cfg.decode.engine == "gpu"):
-            from .gpu.devices import select_device
+            from ..gpu.devices import select_device
 
             dev = select_device(cfg.device)  # an explicit GPU request fails up front
             if cfg.decode.engine == "gpu" and dev.type != "cuda":
@@ -106,7 +119,7 @@ class AliceIndex:
         if not local and cfg.decode.engine == "gpu":
             raise ConfigError("--decode gpu goes with the local engine (--engine local)")
         if engine == "ray" and ray_engine is None:
-            from .pipeline.ray_engine import RayEngine
+            from ..pipeline.ray_engine import RayEngine
 
             ray_engine = RayEngine(address, gpus_per_worker)
         if ray_engine is not None:
@@ -118,16 +131,30 @@ class AliceIndex:
                 ray_engine.close()
 
     def _run_index(self, roots, cfg, dev, progress, retry_failed, prune, engine):
-        from .pipeline import run_index
-        from .search.vectors import VectorIndex
+        from ..pipeline import run_index
+        from ..search.vectors import VectorIndex
+        from .held import holding
 
-        with self._open(read_only=False) as store:
-            summary = run_index(store, VectorIndex(store), roots, cfg, dev, progress,
+        with self._open(read_only=False) as store, holding(store, self.folder) as held:
+            vectors = held.vectors = VectorIndex(store)   # queries share the run's index
+            summary = run_index(store, vectors, roots, cfg, dev, progress,
                                 retry_failed, prune, engine=engine)
             if cfg.metadata.auto_tags:
                 store.auto_tags()
             return summary
 
+    @contextmanager
+    def _vectors(self, store: Store, cfg: Config) -> Iterator[Any]:
+        """The vector index a query searches: the holder's live one, or the file's."""
+        if self._held is not None:
+            with self._held.vectors_for(store, cfg.query.memory_mb) as vectors:
+                yield vectors
+            return
+        from ..search.vectors import VectorIndex
+
+        yield VectorIndex(store, mmap=True, memory_mb=cfg.query.memory_mb)
+
+    @routed
     def similar(self, image: str | os.PathLike[str], *, k: int | None = None,
                 by: str = "embedding", device: str | None = None,
                 filters: "Filters | None" = None) -> "SimilarResult":
@@ -137,8 +164,7 @@ class AliceIndex:
         ``device`` (default: the configured one) runs hash searches on a GPU and
         featurises a query image that is not in the index.
         """
-        from .search.queries import similar
-        from .search.vectors import VectorIndex
+        from ..search.queries import similar
 
         cfg = self.config.with_overrides(device=device)
         k = k or cfg.query.k
@@ -148,18 +174,26 @@ class AliceIndex:
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        from .pipeline.stages import featurise_outside
-
-        with self._open(read_only=True) as store, _query_memory(cfg):
-            vectors = VectorIndex(store, mmap=True, memory_mb=cfg.query.memory_mb)
+        with self._open(read_only=True) as store, _query_memory(cfg), \
+                self._vectors(store, cfg) as vectors:
             allowed = _allowed(store, filters)
-            featurise = featurise_outside(cfg, store.model, store.embedding_count() > 0,
-                                          by == "embedding")
+            featurise = self._featuriser(store, cfg, by)
             result = similar(store, vectors, path, k=k, by=by, cfg=cfg, device=cfg.device,
                              allowed=allowed, featurise=featurise)
         self.cache.put(key, result)
         return result
 
+    def _featuriser(self, store: Store, cfg: Config, by: str):
+        """How a query image outside the index gets its features: made here as the index
+        made its rows; in the holder, sent by the client (which makes them itself)."""
+        if self._held is not None:
+            return self._held.featuriser(store)
+        from ..pipeline.stages import featurise_outside
+
+        return featurise_outside(cfg, store.model, store.embedding_count() > 0,
+                                 by == "embedding")
+
+    @routed
     def duplicates(self, *, by: str = "tiered", threshold: float | None = None,
                    device: str | None = None, keep: str | None = None,
                    tiers: str | None = None, filters: "Filters | None" = None
@@ -167,22 +201,22 @@ class AliceIndex:
         """Groups of duplicates, each around a keeper; every two files of a group are
         within the thresholds (complete linkage). ``by="tiered"``: exact, near (any
         orientation), edited copy and, when ``tiers`` names it, similar."""
-        from .search.queries import duplicates
-        from .search.vectors import VectorIndex
+        from ..search.queries import duplicates
 
         cfg = self.config.with_overrides(device=device)
         key = self._cache_key("duplicates", by, threshold, cfg.device, keep, tiers, filters)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        with self._open(read_only=True) as store, _query_memory(cfg):
-            vectors = VectorIndex(store, mmap=True, memory_mb=cfg.query.memory_mb)
+        with self._open(read_only=True) as store, _query_memory(cfg), \
+                self._vectors(store, cfg) as vectors:
             result = duplicates(store, vectors, by=by, threshold=threshold, cfg=cfg,
                                 device=cfg.device, keep=keep, tiers=tiers,
                                 allowed=_allowed(store, filters))
         self.cache.put(key, result)
         return result
 
+    @routed
     def move_duplicates(self, move_to: str | os.PathLike[str], *, dry_run: bool = False,
                         by: str = "tiered", threshold: float | None = None,
                         tiers: str | None = None, keep: str | None = None,
@@ -193,8 +227,8 @@ class AliceIndex:
         ``move_to``, keeping its path relative to its indexed root, with a journal for
         :meth:`undo`; the index follows. A journal a killed run left open in ``move_to``
         is finished first. ``dry_run``: only the plan."""
-        from .actions.moves import move_duplicates
-        from .search.queries import check_tiers
+        from ..actions.moves import move_duplicates
+        from ..search.queries import check_tiers
 
         acting = check_tiers(act_on or self.config.query.act_on, "--act-on tier")
         return move_duplicates(
@@ -203,11 +237,12 @@ class AliceIndex:
                                     tiers=tiers, filters=filters),
             os.fspath(move_to), acting, dry_run)
 
+    @routed
     def undo(self, journal: str | os.PathLike[str]) -> "MoveReport":
         """Put back every file a move journal moved (never over a file that is there now);
         the index follows. The journal must name this index (:func:`journal_index`)."""
-        from .actions.journal import header_index
-        from .actions.moves import undo_moves
+        from ..actions.journal import header_index
+        from ..actions.moves import undo_moves
 
         header_index(Path(os.path.expanduser(os.fspath(journal))))   # readable, a journal
         if not (self.folder / DB_FILE).exists():
@@ -222,8 +257,8 @@ class AliceIndex:
         """Score ``duplicates`` (pairwise precision, recall, F1) and ``similar`` (N-S,
         mAP) against a ``file,group[,transform]`` CSV; its files are indexed first
         (only new or changed ones are decoded) unless ``index`` is false."""
-        from .errors import QueryError
-        from .search.evaluate import MAP_DEPTH, evaluate, read_truth
+        from ..errors import QueryError
+        from ..search.evaluate import MAP_DEPTH, evaluate, read_truth
 
         truth = read_truth(ground_truth)
         if index:
@@ -242,36 +277,40 @@ class AliceIndex:
                         {"by": by, "threshold": dup.threshold},
                         {"by": similar_by, "depth": MAP_DEPTH})
 
+    @routed
     def find(self, filters: "Filters | None" = None, *, limit: int | None = None
              ) -> list[dict[str, Any]]:
         """The files matching ``filters`` (every file when none), by path: what made
         them, when, their tags and hashes. Needs no model (no torch)."""
-        from .store.filters import Filters
+        from ..store.filters import Filters
 
         with self._open(read_only=True) as store:
             return store.find(filters or Filters(), limit)
 
+    @routed
     def find_json(self, filters: "Filters | None" = None, *, limit: int | None = None
                   ) -> Iterator[list[str]]:
         """``find`` as JSON objects, one string per file (what ``find --json`` prints),
         in chunks as they are read."""
-        from .store.filters import Filters
+        from ..store.filters import Filters
 
         with self._open(read_only=True) as store:
             yield from store.find_json(filters or Filters(), limit)
 
+    @routed
     def find_lines(self, filters: "Filters | None" = None, *, limit: int | None = None
                    ) -> list[tuple[str, str, str | None, str | None]]:
         """``find`` as terminal lines: (path, generator or camera, prompt head, tags)."""
-        from .store.filters import Filters
+        from ..store.filters import Filters
 
         with self._open(read_only=True) as store:
             return store.find_lines(filters or Filters(), limit)
 
+    @routed
     def show(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         """One file's whole record; a file not in the index is an error."""
-        from .discover import normalize_path
-        from .errors import QueryError
+        from ..discover import normalize_path
+        from ..errors import QueryError
 
         key = normalize_path(os.path.expanduser(os.fspath(path)))
         with self._open(read_only=True) as store:
@@ -282,13 +321,14 @@ class AliceIndex:
                              f"{command_line('index', folder, '--db', self.folder)}")
         return row
 
+    @routed
     def tag(self, tag: str, *, add: bool = True, paths: Iterable[str | os.PathLike[str]] = (),
             filters: "Filters | None" = None) -> int:
         """Add (or remove) ``tag`` on the files among ``paths`` (files or folders; none:
         every file) that match ``filters``, in one statement. Returns how many changed."""
-        from .discover import normalize_path
-        from .errors import QueryError
-        from .store.filters import Filters
+        from ..discover import normalize_path
+        from ..errors import QueryError
+        from ..store.filters import Filters
 
         tag = tag.strip()
         if not tag or len(tag) > 200 or any(c in tag for c in "\n\r\t"):
@@ -300,15 +340,18 @@ class AliceIndex:
         with self._open(read_only=False) as store:
             return store.update_tags(tag, add, filters or Filters(), files, folders)
 
+    @routed
     def tags(self) -> list[tuple[str, int]]:
         with self._open(read_only=True) as store:
             return store.tag_counts()
 
+    @routed
     def auto_tag(self) -> int:
         """Tag every file from its metadata: source:<generator>, model:<name>, camera:<model>."""
         with self._open(read_only=False) as store:
             return store.auto_tags()
 
+    @routed
     def stats(self) -> dict[str, Any]:
         with self._open(read_only=True) as store:
             out = store.stats()
@@ -335,26 +378,3 @@ def _query_memory(cfg: Config) -> Iterator[None]:
             f"the query ran out of memory ({str(exc).splitlines()[0][:160] or 'MemoryError'}); "
             f"query.memory_mb is {cfg.query.memory_mb}: raise it in a config file (--config) "
             f"on a machine with more memory") from None
-
-
-def journal_index(journal: str | os.PathLike[str]) -> Path:
-    """The index a move journal was written for (``undo`` acts on it); an error when the
-    journal is unreadable or its index is gone."""
-    from .actions.journal import header_index
-
-    path = Path(os.path.expanduser(os.fspath(journal)))
-    folder = Path(header_index(path))
-    if not (folder / DB_FILE).exists():
-        raise ConfigError(f"{path} was written for the index at {folder}, which is gone")
-    return folder
-
-
-def open_index(db: str | os.PathLike[str] | None = None, *, config: Config | str | None = None
-               ) -> AliceIndex:
-    """Open (or prepare to create) the index in folder ``db`` (default: per-user folder)."""
-    if config is None or isinstance(config, (str, os.PathLike)):
-        config = load_config(config)
-    return AliceIndex(db, config)
-
-
-__all__ = ["AliceIndex", "journal_index", "open_index"]

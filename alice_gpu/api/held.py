@@ -1,0 +1,121 @@
+"""API, the holder's side: this process holds the index and answers other processes.
+
+While an ``index`` run holds the index, :func:`holding` serves it on its socket
+(:mod:`alice_gpu.remote.server`). Each request runs the same :class:`AliceIndex`
+method a direct call would, on a view of the held store: another DuckDB
+connection to the open index, which sees what is committed and never stops the
+writer. Queries that search vectors use the run's own vector index (kept in
+step with each commit, never rebuilt per request). Writes a client asks for take
+their turn with the run's batches (``Store.gate``), or are refused in one line
+naming the holder, per command:
+
+* ``tag add``/``tag remove``/``tag auto``: queued, applied between two batches;
+* ``index`` (of any folder), ``duplicates --move-to``, ``undo``: refused. One run
+  at a time walks and writes the folders; moving files while they are being
+  indexed would race the run.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from ..config import config_from_dict
+from ..errors import QueryError, StoreLockedError
+from ..remote import wire
+from ..remote.codec import NeedsFeature
+from ..remote.server import Holder, Stream
+
+if TYPE_CHECKING:
+    from ..records import AssetRecord
+    from ..search.vectors import VectorIndex
+    from ..store import Store
+
+READS = frozenset({"stats", "find", "find_json", "find_lines", "show", "similar", "duplicates",
+                   "tags"})
+QUEUED = frozenset({"tag", "auto_tag"})
+REFUSED = {"index": "an index run", "move_duplicates": "moving files",
+           "undo": "moving files back"}
+SERVED = READS | QUEUED | frozenset(REFUSED)
+
+
+class HeldIndex:
+    """The index this process holds, as the API's requests from elsewhere see it."""
+
+    def __init__(self, store: "Store", folder: Path):
+        self.store, self.folder = store, folder
+        self.vectors: "VectorIndex | None" = None     # the run's, once it has one
+        self.info: dict[str, Any] = {}
+        self._request = threading.local()
+
+    def view(self) -> "Store":
+        return self.store.view()
+
+    @contextmanager
+    def vectors_for(self, view: "Store", memory_mb: int) -> Iterator["VectorIndex"]:
+        """The run's vector index for a query (or the file's, when the run has none)."""
+        if self.vectors is None:
+            from ..search.vectors import VectorIndex
+
+            yield VectorIndex(view, mmap=True, memory_mb=memory_mb)
+            return
+        with self.vectors.reading(view, memory_mb) as vectors:
+            yield vectors
+
+    def featuriser(self, view: "Store") -> Callable[[str], "AssetRecord"]:
+        """A query image outside the index: its row as the client made it, or a request
+        for it (the client has the model; the holder spends nothing on it)."""
+        def featurise(path: str) -> "AssetRecord":
+            from ..records import AssetRecord
+
+            row = getattr(self._request, "outside", None)
+            if row is None:
+                raise NeedsFeature(view.model, view.embedding_count() > 0)
+            return AssetRecord(path=path, size=0, mtime_ns=0, status=row["status"],
+                               error=row.get("error"), hashes=row.get("hashes") or {},
+                               embedding=row.get("embedding"))
+
+        return featurise
+
+    def handle(self, op: str, args: dict[str, Any], emit: Callable[[dict], None]) -> Any:
+        """One request: the same API call a direct run makes, on this held index."""
+        from .index import AliceIndex
+
+        if op in REFUSED:
+            raise StoreLockedError(
+                f"the index at {self.folder} is held by {wire.describe(self.info)}; "
+                f"{REFUSED[op]} waits for no other: run it again when that has finished")
+        params = args.get("args")
+        if not isinstance(params, dict):
+            raise QueryError("a request without arguments")
+        api = AliceIndex(args.get("folder") or self.folder,
+                         config_from_dict(args.get("config") or {}), held=self)
+        self._request.outside = args.get("outside")
+        try:
+            answer = getattr(api, op)(**params)
+            if op == "find_json":
+                return Stream(answer)
+            return answer
+        finally:
+            self._request.outside = None
+
+
+def holder_command() -> str:
+    """How the holder is named to others: the command line that started this process."""
+    return shlex.join([os.path.basename(sys.argv[0] or "python"), *sys.argv[1:]])
+
+
+@contextmanager
+def holding(store: "Store", folder: str | os.PathLike[str]) -> Iterator[HeldIndex]:
+    """Serve the index ``store`` holds while the block runs (call on the thread that
+    owns the store, before it hands the store to another)."""
+    store.serve_views()
+    held = HeldIndex(store, Path(folder))
+    with Holder(folder, holder_command(), held.handle, SERVED) as server:
+        held.info = server.info
+        yield held
