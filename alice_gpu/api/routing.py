@@ -16,35 +16,36 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import os
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..errors import StoreLockedError
-from ..remote import client, wire
-from ..remote.codec import NeedsFeature
 
 if TYPE_CHECKING:
+    from ..remote.codec import NeedsFeature
     from .index import AliceIndex
 
+# the remote modules are imported when an index is found held, not by every command
+
 HOLDER_WAIT = 10.0        # seconds to wait for a lock held by a process that does not answer
+_GENERATOR = 0x20         # CO_GENERATOR
 _PATHS = ("image", "path", "paths", "move_to", "journal", "ground_truth")
 
 
 def routed(method: Callable[..., Any]) -> Callable[..., Any]:
     """``method`` of AliceIndex, answered by the index's holder when it is held."""
-    op, signature = method.__name__, inspect.signature(method)
+    op = method.__name__
 
-    if inspect.isgeneratorfunction(method):
+    if method.__code__.co_flags & _GENERATOR:     # without importing inspect (~10 ms)
         @functools.wraps(method)
         def stream(self: "AliceIndex", *args: Any, **kwargs: Any) -> Iterator[Any]:
             if self._held is not None:
                 yield from method(self, *args, **kwargs)
                 return
             yield from _first_of(self, lambda: method(self, *args, **kwargs),
-                                 lambda: client.stream(self.folder, op, _request(
-                                     self, signature, args, kwargs)[0]))
+                                 lambda: _client().stream(self.folder, op, _request(
+                                     self, method, args, kwargs)[0]))
         return stream
 
     @functools.wraps(method)
@@ -57,8 +58,8 @@ def routed(method: Callable[..., Any]) -> Callable[..., Any]:
                 return method(self, *args, **kwargs)
             except StoreLockedError:
                 try:
-                    return _remote(self, op, signature, args, kwargs)
-                except client.NoHolder:
+                    return _remote(self, op, method, args, kwargs)
+                except _client().NoHolder:
                     wait.tick()
     return call
 
@@ -75,7 +76,7 @@ def _first_of(api: "AliceIndex", direct: Callable[[], Iterator[Any]],
             chunks = remote()
             try:
                 first = next(chunks, _END)
-            except client.NoHolder:
+            except _client().NoHolder:
                 wait.tick()
                 continue
         if first is not _END:
@@ -85,6 +86,12 @@ def _first_of(api: "AliceIndex", direct: Callable[[], Iterator[Any]],
 
 
 _END = object()
+
+
+def _client() -> Any:
+    from ..remote import client
+
+    return client
 
 
 class _Wait:
@@ -97,6 +104,8 @@ class _Wait:
         now = time.monotonic()
         self.end = self.end or now + HOLDER_WAIT
         if now > self.end:
+            from ..remote import wire
+
             raise StoreLockedError(
                 f"the index at {self.folder} is in use by "
                 f"{wire.describe(wire.read_holder(self.folder))}; try again when it has "
@@ -104,11 +113,13 @@ class _Wait:
         time.sleep(0.05)
 
 
-def _request(api: "AliceIndex", signature: inspect.Signature, args: tuple, kwargs: dict
+def _request(api: "AliceIndex", method: Callable[..., Any], args: tuple, kwargs: dict
              ) -> tuple[dict[str, Any], Callable[..., Any] | None]:
     """The request for a call: its arguments by name, paths absolute, this process's
     configuration; and the call's progress callback, which stays here."""
-    bound = signature.bind(api, *args, **kwargs)
+    import inspect
+
+    bound = inspect.signature(method).bind(api, *args, **kwargs)
     params = {k: v for k, v in bound.arguments.items() if k != "self"}
     progress = params.pop("progress", None)
     if params.pop("ray_engine", None) is not None:
@@ -130,9 +141,9 @@ def _absolute(value: Any) -> Any:
     return os.path.abspath(os.path.expanduser(os.fspath(value)))
 
 
-def _remote(api: "AliceIndex", op: str, signature: inspect.Signature, args: tuple,
+def _remote(api: "AliceIndex", op: str, method: Callable[..., Any], args: tuple,
             kwargs: dict) -> Any:
-    request, progress = _request(api, signature, args, kwargs)
+    request, progress = _request(api, method, args, kwargs)
     forward = None
     if progress is not None:
         from ..pipeline import ProgressEvent
@@ -141,6 +152,9 @@ def _remote(api: "AliceIndex", op: str, signature: inspect.Signature, args: tupl
 
         def forward(frame: dict) -> None:
             progress(ProgressEvent(**{k: v for k, v in frame.items() if k in fields}))
+    from ..remote.codec import NeedsFeature
+
+    client = _client()
     try:
         answer = client.call(api.folder, op, request, progress=forward)
     except NeedsFeature as need:                 # similar of an image outside the index
@@ -151,7 +165,7 @@ def _remote(api: "AliceIndex", op: str, signature: inspect.Signature, args: tupl
     return answer
 
 
-def _outside(api: "AliceIndex", params: dict, need: NeedsFeature) -> dict[str, Any]:
+def _outside(api: "AliceIndex", params: dict, need: "NeedsFeature") -> dict[str, Any]:
     """The query image's row, made here the way the index made its rows."""
     from ..discover import normalize_path
     from ..pipeline.stages import featurise_outside

@@ -6,7 +6,6 @@ Each command parses, calls :mod:`alice_gpu.api`, and renders; nothing else lives
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, List, Optional
 
@@ -164,6 +163,8 @@ def find(tag: Optional[List[str]] = F_TAG, source: Optional[str] = F_SOURCE,
 def _find_json(api, chosen, limit: int | None) -> None:
     """``find --json``: the document is assembled in a spooled file (memory: one chunk
     and at most 16 MiB), then written whole, so an error mid-way prints no half document."""
+    import tempfile
+
     with tempfile.SpooledTemporaryFile(16 << 20, mode="w+", encoding="utf-8",
                                        errors="surrogateescape") as doc:
         doc.write('{"results": [')

@@ -8,6 +8,7 @@ raises :class:`~alice_gpu.errors.StorageError` (exit 4), earlier data intact.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -247,7 +248,9 @@ class Writes:
         if scope:
             cond += " AND (" + " OR ".join(scope) + ")"
         con = self.con
-        with registered(con, "_tp", path=([to_db(p) for p in paths], "string")):
+        listed = registered(con, "_tp", path=([to_db(p) for p in paths], "string")) \
+            if paths else contextlib.nullcontext()          # no pyarrow import without paths
+        with listed:
             try:
                 con.execute("BEGIN TRANSACTION")
                 if add:
