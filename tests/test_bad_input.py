@@ -115,7 +115,7 @@ def test_the_debug_hint_is_a_command_that_runs(tmp_path, monkeypatch):
 
 def test_find_json_failing_mid_stream_prints_no_half_document(tmp_path, monkeypatch):
     from alice_gpu.errors import StoreError
-    from alice_gpu.store.reads import Reads
+    from alice_gpu.store.catalog import Catalog
 
     media = tmp_path / "media"
     media.mkdir()
@@ -127,7 +127,7 @@ def test_find_json_failing_mid_stream_prints_no_half_document(tmp_path, monkeypa
         yield ['{"path": "x"}']
         raise StoreError("the disk went away")
 
-    monkeypatch.setattr(Reads, "find_json", breaks_after_one_chunk)
+    monkeypatch.setattr(Catalog, "find_json", breaks_after_one_chunk)
     code, out, err = run_cli("find", "--json", "--db", tmp_path / "db")
     assert code == 2 and out == "" and err.count("\n") == 1 and "disk went away" in err
 

@@ -20,7 +20,8 @@ SIMILAR_KEYS = {"query", "by", "query_in_index", "results"}
 MATCH_KEYS = {"path", "score", "id", "distance"}
 DUPLICATES_KEYS = {"by", "threshold", "groups", "thresholds", "tiers"}
 MEMBER_KEYS = {"path", "id", "width", "height", "size", "tier", "score", "transform", "distance"}
-STATS_KEYS = {"assets", "failed", "embedded", "bytes", "formats", "last_run", "failed_files", "db"}
+STATS_KEYS = {"assets", "failed", "embedded", "bytes", "formats", "last_run", "failed_files", "db",
+              "by_source", "by_year", "failures_by_reason", "index_bytes"}   # added later
 LAST_RUN_KEYS = {"id", "finished_at", "files_seen", "decoded", "unchanged", "failed", "removed",
                  "seconds"}
 

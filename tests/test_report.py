@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import chromium_driver, run_cli
 
 ARTIFACTS = Path(os.environ.get("ALICE_GPU_ARTIFACTS",
                                 Path(__file__).resolve().parent.parent / "test-artifacts"))
@@ -18,24 +18,7 @@ NASTY = """<b>&"it's" <img src=x onerror=alert(1)>.jpg"""
 
 
 def _browser():
-    """Headless Chromium through Selenium and Debian's chromedriver; None when absent
-    (CI installs both and sets ALICE_GPU_REQUIRE_BROWSER, so there it fails instead)."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not (chromium and driver):
-        if os.environ.get("ALICE_GPU_REQUIRE_BROWSER"):
-            pytest.fail("chromium and chromedriver are required (apt-get install chromium "
-                        "chromium-driver)")
-        pytest.skip("needs chromium and chromedriver")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--window-size=1280,2000"):
-        opts.add_argument(arg)
-    return webdriver.Chrome(service=Service(executable_path=driver), options=opts)
+    return chromium_driver()
 
 
 @pytest.fixture(scope="module")

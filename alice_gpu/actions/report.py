@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..decode.pillow import displayed, open_image, to_rgb
+from ..decode.thumbs import render as render_image
 from . import human_bytes
 from ..errors import QueryError
 
@@ -29,17 +28,10 @@ def thumbnail(path: str, size: int = THUMB) -> tuple[str | None, str | None]:
     """(data URI of an upright JPEG thumbnail, None), or (None, why there is none)."""
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
-        im = open_image(data)
-        if im.format == "JPEG":
-            im.draft("RGB", (size * 2, size * 2))
-        im = displayed(im, data)         # as the index saw it: AVIF/HEIF turn themselves
-        im.thumbnail((size, size))
-        out = io.BytesIO()
-        to_rgb(im).save(out, "JPEG", quality=80)
+            jpeg = render_image(fh.read(), size, "JPEG")
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a line in the page
         return None, f"no preview ({type(exc).__name__})"
-    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii"), None
+    return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii"), None
 
 
 def _shown(path: str) -> str:

@@ -73,15 +73,18 @@ F_UNTIL = typer.Option(None, "--until", metavar="DATE", help="... on or before D
 F_IN = typer.Option(None, "--in", metavar="FOLDER", help="Only files under FOLDER.")
 F_FORMAT = typer.Option(None, "--format", help="Only files of this format (jpeg, png, heic, "
                         "avif, webp, ...).")
+F_MODEL = typer.Option(None, "--model", help="Only files made with a model whose name "
+                       "contains this text.")
 
 
-def filters(tag, source, prompt, camera, since, until, folder: Path | None, fmt):
+def filters(tag, source, prompt, camera, since, until, folder: Path | None, fmt,
+            model: str | None = None):
     """The filters as the API takes them; a bad source or format name is a usage error."""
     from ..errors import QueryError
     from ..store.filters import Filters, format_name, source_name
 
     f = Filters(tuple(tag or ()), source, prompt, camera, since, until,
-                None if folder is None else str(folder), fmt)
+                None if folder is None else str(folder), fmt, model)
     try:
         if f.source:
             source_name(f.source)

@@ -79,6 +79,18 @@ class Edges:
         return Edges(self.a[mask], self.b[mask], self.tier[mask], self.score[mask],
                      self.dist[mask], self.orient[mask])
 
+    def apart(self, sets: dict[int, frozenset[int]]) -> "Edges":
+        """Without the pairs a person declared not duplicates: two files that share one
+        of the decisions ``sets`` maps them to (asset id -> decision ids)."""
+        if not sets or not len(self.a):
+            return self
+        decided = np.fromiter(sets, np.int64, len(sets))
+        mask = np.ones(len(self.a), bool)            # only pairs of two decided files looked at
+        for k in np.flatnonzero(np.isin(self.a, decided) & np.isin(self.b, decided)):
+            mask[k] = not (sets[int(self.a[k])] & sets[int(self.b[k])])
+        return Edges(self.a[mask], self.b[mask], self.tier[mask], self.score[mask],
+                     self.dist[mask], self.orient[mask])
+
     def within(self, ids: np.ndarray) -> "Edges":
         """The pairs whose two files are both among ``ids``."""
         mask = np.isin(self.a, ids) & np.isin(self.b, ids)

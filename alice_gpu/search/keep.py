@@ -74,6 +74,14 @@ def parse_keep(spec: str | None) -> list[Rule]:
     return rules
 
 
+def chosen_first(chosen: set[int], rules: list[Rule]) -> list[Rule]:
+    """The keep rules, after the keepers a person chose by hand (which win first)."""
+    if not chosen:
+        return rules
+    return [Rule("chosen", lambda row: row["id"] not in chosen, lambda k, r: "chosen by hand"),
+            *rules]
+
+
 def keeper_key(rules: list[Rule]) -> Callable[[dict], tuple]:
     """A sort key over asset rows: the best keeper sorts first; the path breaks ties."""
     return lambda row: (*(rule.key(row) for rule in rules), row["path"])

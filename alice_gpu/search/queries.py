@@ -23,7 +23,7 @@ from ..gpu.kernels import cuda_hamming_topk, kernel_device
 from ..records import ORIENT_INVERSE, ORIENTATIONS, STATUS_OK, AssetRecord
 from ..store import Store
 from .groups import linked_groups
-from .keep import keeper_key, keeper_reason, parse_keep
+from .keep import chosen_first, keeper_key, keeper_reason, parse_keep
 from .edges import Edges, single_edges, tiered_edges
 from .hamming import hamming_topk
 from .vectors import VectorIndex
@@ -223,7 +223,8 @@ def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float 
     if by != "tiered":
         check_by(by)
     check_threshold(by, threshold)
-    rules = parse_keep(keep or cfg.query.keep)
+    apart, chosen = store.decision_constraints()     # what a person decided, as it holds
+    rules = chosen_first(chosen, parse_keep(keep or cfg.query.keep))
     order_key = keeper_key(rules)
     q = cfg.query
     if by == "tiered":
@@ -241,6 +242,7 @@ def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float 
         thresholds = {by: thr}
     if allowed is not None:                     # both files of a pair must match the filters
         edges = edges.within(allowed)
+    edges = edges.apart(apart)                  # pairs declared "not duplicates" are none
     rows: dict[int, dict] = {}
 
     def rank_of(nodes: np.ndarray) -> np.ndarray:

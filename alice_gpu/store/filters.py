@@ -38,6 +38,7 @@ class Filters:
     until: str | None = None
     folder: str | None = None
     format: str | None = None
+    model: str | None = None
 
     def empty(self) -> bool:
         return not any(getattr(self, f.name) for f in fields(self))
@@ -141,4 +142,7 @@ def where(f: Filters, alias: str = "a") -> tuple[str, list[Any]]:
     if f.format:
         parts.append(f"{a}.format = ?")
         params.append(format_name(f.format))
+    if f.model:
+        parts.append(f"contains(lower(coalesce({a}.ai_model, '')), lower(?))")
+        params.append(f.model.strip())
     return (" AND ".join(parts) if parts else "TRUE"), params

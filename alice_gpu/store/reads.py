@@ -135,88 +135,6 @@ class Reads:
         return (np.asarray(cols["id"], dtype=np.int64),
                 np.asarray(cols[kind], dtype=np.uint64))
 
-    # ---------------------------------------------------------------- find, show, tags
-    FIND_COLUMNS = ("id", "path", "status", "format", "width", "height", "size", "taken_at",
-                    "camera_make", "camera_model", "ai_source", "prompt", "ai_model", "seed",
-                    *HASHES)
-
-    def find(self, filters: "Filters", limit: int | None = None) -> list[dict[str, Any]]:
-        """The files matching ``filters`` (all files when empty), by path, with their tags.
-
-        One query; the tags are aggregated in DuckDB, not looked up per row."""
-        from .filters import where
-
-        cond, params = where(filters)
-        cols = ", ".join(f"a.{c}" for c in self.FIND_COLUMNS)
-        sql = (f"SELECT {cols}, g.tags FROM assets a LEFT JOIN ({_TAG_LISTS}) g "
-               f"ON g.asset_id = a.id WHERE {cond} ORDER BY a.path")
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        rows = self.con.execute(sql, params).fetchall()
-        names = (*self.FIND_COLUMNS, "tags")
-        out = []
-        for row in rows:
-            d = dict(zip(names, row))
-            d["path"] = from_db(d["path"])
-            d["tags"] = d["tags"] or []
-            out.append(d)
-        return out
-
-    def find_json(self, filters: "Filters", limit: int | None = None, chunk: int = 8192
-                  ) -> Iterator[list[str]]:
-        """``find``'s results as JSON objects, one string per file, made by DuckDB (hashes
-        in imagehash's hex; Python objects for 100,000 rows take seconds), in chunks."""
-        from .filters import where
-
-        cond, params = where(filters)
-        hexes = ", ".join(f"'{h}': printf('%016x', a.{h})" for h in HASHES)
-        sql = f"""SELECT to_json({{'path': a.path, 'ai_source': a.ai_source, 'prompt': a.prompt,
-              'tags': coalesce(g.tags, []),
-              'taken_at': strftime(a.taken_at, '%Y-%m-%dT%H:%M:%S'),
-              'camera': nullif(concat_ws(' ', a.camera_make, a.camera_model), ''), {hexes},
-              'id': a.id, 'status': a.status, 'format': a.format, 'width': a.width,
-              'height': a.height, 'size': a.size, 'ai_model': a.ai_model,
-              'seed': a.seed}})::VARCHAR
-              FROM assets a LEFT JOIN ({_TAG_LISTS}) g ON g.asset_id = a.id
-              WHERE {cond} ORDER BY a.path"""
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        cur = self.con.cursor()
-        try:
-            cur.execute(sql, params)
-            while True:
-                rows = cur.fetchmany(chunk)
-                if not rows:
-                    return
-                out = [row[0] for row in rows]
-                for k, text in enumerate(out):
-                    if text.startswith('{"path":"raw:'):      # a non-UTF-8 name: its bytes
-                        doc = json.loads(text)
-                        doc["path"] = from_db(doc["path"])
-                        out[k] = json.dumps(doc, ensure_ascii=True)
-                yield out
-        finally:
-            cur.close()
-
-    def find_lines(self, filters: "Filters", limit: int | None = None
-                   ) -> list[tuple[str, str, str | None, str | None]]:
-        """``find``'s terminal lines as (path, generator or camera, prompt head, tags),
-        shaped in DuckDB so that listing 100,000 files stays well under a second."""
-        from .filters import where
-
-        cond, params = where(filters)
-        sql = f"""SELECT a.path,
-              CASE WHEN coalesce(a.ai_source, 'none') <> 'none' THEN a.ai_source
-                   ELSE coalesce(nullif(concat_ws(' ', a.camera_make, a.camera_model), ''), '-')
-              END,
-              replace(replace(left(a.prompt, 80), chr(10), ' '), chr(13), ' '),
-              array_to_string(g.tags, ', ')
-              FROM assets a LEFT JOIN ({_TAG_LISTS}) g ON g.asset_id = a.id
-              WHERE {cond} ORDER BY a.path"""
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [(from_db(p), w, pr, tg) for p, w, pr, tg in self.con.execute(sql, params).fetchall()]
-
     def ids_matching(self, filters: "Filters") -> np.ndarray:
         """Ids of the OK files matching ``filters`` (sorted)."""
         from .filters import where
@@ -225,42 +143,6 @@ class Reads:
         cols = self.con.execute(f"SELECT a.id FROM assets a WHERE a.status = 'ok' AND {cond} "
                                 f"ORDER BY a.id", params).fetchnumpy()
         return np.asarray(cols["id"], np.int64)
-
-    def record(self, path: str) -> dict[str, Any] | None:
-        """One file's whole row: what the index knows, its metadata, tags and whether it has
-        an embedding (``ai_meta`` parsed back from JSON)."""
-        cols = (*ASSET_COLUMNS, *META_COLUMNS)
-        row = first(self.con.execute(
-            f"SELECT {', '.join('a.' + c for c in cols)}, "
-            f"(SELECT list(t.tag ORDER BY t.tag) FROM tags t WHERE t.asset_id = a.id), "
-            f"EXISTS (SELECT 1 FROM embeddings e WHERE e.asset_id = a.id) "
-            f"FROM assets a WHERE a.path = ?", [to_db(path)]).fetchall())
-        if row is None:
-            return None
-        out = dict(zip(cols, row[:len(cols)]))
-        out["path"] = from_db(out["path"])
-        out["tags"], out["embedded"] = row[len(cols)] or [], bool(row[len(cols) + 1])
-        if out.get("ai_meta"):
-            try:
-                out["ai_meta"] = json.loads(out["ai_meta"])
-            except ValueError:
-                pass
-        return out
-
-    def tag_counts(self) -> list[tuple[str, int]]:
-        return [(t, int(n)) for t, n in self.con.execute(
-            "SELECT tag, count(*) FROM tags GROUP BY tag ORDER BY tag").fetchall()]
-
-    def index_roots(self) -> list[str]:
-        """Every folder (or file) an index run was given, as stored."""
-        out: set[str] = set()
-        for (text,) in self.con.execute("SELECT DISTINCT roots FROM runs WHERE roots IS NOT NULL"
-                                        ).fetchall():
-            try:
-                out.update(str(r) for r in json.loads(text))
-            except ValueError:
-                continue
-        return sorted(out)
 
     def same_content_pairs(self) -> tuple[np.ndarray, np.ndarray]:
         """(id_a, id_b) with a < b of every two OK assets with the same bytes (a hash join)."""
@@ -356,34 +238,11 @@ class Reads:
             "SELECT value FROM meta WHERE key = 'vectors_version'").fetchall())
         return int(row[0]) if row else 0
 
-    def stats(self) -> dict[str, Any]:
-        q = self.con.execute
-        assets = q("SELECT count(*) FROM assets WHERE status = 'ok'").fetchall()[0][0]
-        failed = q("SELECT count(*) FROM assets WHERE status <> 'ok'").fetchall()[0][0]
-        embedded = q("SELECT count(*) FROM embeddings").fetchall()[0][0]
-        total_bytes = q("SELECT coalesce(sum(size), 0) FROM assets WHERE status = 'ok'").fetchall()[0][0]
-        formats = dict(q("SELECT format, count(*) FROM assets WHERE status = 'ok' "
-                         "GROUP BY format ORDER BY 2 DESC").fetchall())
-        last = first(q("SELECT id, finished_at, files_seen, decoded, unchanged, failed, removed, seconds "
-                 "FROM runs WHERE status IS NOT NULL ORDER BY id DESC LIMIT 1").fetchall())
-        errors = q("SELECT path, error FROM assets WHERE status <> 'ok' ORDER BY path LIMIT 20"
-                   ).fetchall()
-        return {
-            "assets": int(assets), "failed": int(failed), "embedded": int(embedded),
-            "bytes": int(total_bytes), "formats": {str(k): int(v) for k, v in formats.items()},
-            "last_run": None if last is None else dict(zip(
-                ("id", "finished_at", "files_seen", "decoded", "unchanged", "failed",
-                 "removed", "seconds"), (*last[:1], str(last[1]), *last[2:]))),
-            "failed_files": [{"path": from_db(p), "error": e} for p, e in errors],
-        }
-
     def run_metrics(self, run_id: int) -> dict[str, Any] | None:
         row = first(self.con.execute("SELECT metrics FROM runs WHERE id = ?", [run_id]).fetchall())
         return json.loads(row[0]) if row and row[0] else None
 
 
-# each tagged file's tags, sorted: joined once rather than looked up per row
-_TAG_LISTS = "SELECT asset_id, list(tag ORDER BY tag) AS tags FROM tags GROUP BY asset_id"
 
 
 def _row(row: tuple) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from ..errors import StorageError, StoreError, command_line, is_storage_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 DB_FILE = "alice.duckdb"
 MANIFEST_FILE = "manifest.json"
 
@@ -38,9 +38,19 @@ META_TYPES = {"mode": "VARCHAR", "frames": "INTEGER", "taken_at": "TIMESTAMP",
               "cfg": "DOUBLE", "ai_meta": "VARCHAR", "meta_version": "SMALLINT"}
 META_COLUMNS = tuple(META_TYPES)
 
+# a person's decisions about duplicate groups ("not duplicates", a keeper chosen by
+# hand), each member with the content hash it had: a changed file drops out
+_DECISIONS = ("CREATE TABLE IF NOT EXISTS decisions (id BIGINT PRIMARY KEY, kind VARCHAR "
+              "NOT NULL, keeper BIGINT, made_at TIMESTAMP)",
+              "CREATE TABLE IF NOT EXISTS decision_members (decision_id BIGINT NOT NULL, "
+              "asset_id BIGINT NOT NULL, content_hash VARCHAR, PRIMARY KEY (decision_id, "
+              "asset_id))")
+
+
 def _schema_sql(dim: int) -> str:
     hash_cols = ",\n  ".join(f"{h} UBIGINT" for h in HASHES)
     meta_cols = ",\n  ".join(f"{k} {t}" for k, t in META_TYPES.items())
+    decisions = ";\n".join(_DECISIONS)
     return f"""
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS assets (
@@ -71,6 +81,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
   scale FLOAT NOT NULL,
   vector TINYINT[{dim}] NOT NULL
 );
+{decisions};
 CREATE TABLE IF NOT EXISTS runs (
   id BIGINT PRIMARY KEY,
   started_at TIMESTAMP,
@@ -120,6 +131,8 @@ _MIGRATIONS = {
     5: [f"ALTER TABLE assets ADD COLUMN IF NOT EXISTS {k} {t}" for k, t in META_TYPES.items()]
        + ["CREATE TABLE IF NOT EXISTS tags (asset_id BIGINT NOT NULL, tag VARCHAR NOT NULL, "
           "PRIMARY KEY (asset_id, tag))"],
+    # since 7 the decisions about duplicate groups
+    6: list(_DECISIONS),
 }
 
 

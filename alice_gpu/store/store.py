@@ -16,12 +16,13 @@ from typing import Any
 import duckdb
 
 from ..errors import StoreError, StoreLockedError, command_line
+from .catalog import Catalog
 from .reads import Reads
 from .schema import DB_FILE, check_manifest, check_schema, init_schema, migrate
 from .writes import Writes
 
 
-class Store(Reads, Writes):
+class Store(Reads, Catalog, Writes):
     """One index folder: ``alice.duckdb`` + ``manifest.json`` (+ the FAISS files of vectors)."""
 
     def __init__(self, folder: str | os.PathLike[str], *, model: str, dim: int,

@@ -50,6 +50,18 @@ _BUMP_VECTORS = ("UPDATE meta SET value = CAST(CAST(value AS BIGINT) + 1 AS VARC
                  "WHERE key = 'vectors_version'")
 
 
+def _bump(key: str) -> str:
+    return (f"INSERT INTO meta VALUES ('{key}', '1') ON CONFLICT (key) DO UPDATE "
+            f"SET value = CAST(CAST(meta.value AS BIGINT) + 1 AS VARCHAR)")
+
+
+# a write that can change which files are duplicates (rows, features, vectors) moves
+# 'revision'; one that changes only where files are or what a person decided moves
+# 'layout', so stored groups are brought up to date without being computed again
+_BUMP_REVISION = _bump("revision")
+_BUMP_LAYOUT = _bump("layout")
+
+
 @dataclass(frozen=True)
 class WriteResult:
     written: int
@@ -173,6 +185,7 @@ class Writes:
                 self._insert("embeddings", ("asset_id", "model", "scale", "vector"), embs, insert_size, bulk)
             if len(emb_rows) or had_vec:
                 con.execute(_BUMP_VECTORS)
+            con.execute(_BUMP_REVISION)
             con.execute("COMMIT")
         finally:
             con.unregister("_ids")
@@ -198,6 +211,7 @@ class Writes:
                 con.execute(f"DELETE FROM tags WHERE asset_id IN ({gone})")
                 con.execute("DELETE FROM assets WHERE path IN (SELECT path FROM _gone)")
                 con.execute(_BUMP_VECTORS)
+                con.execute(_BUMP_REVISION)
                 con.execute("COMMIT")
             except duckdb.Error:
                 self._rollback()
@@ -226,6 +240,7 @@ class Writes:
                     con.execute(_BUMP_VECTORS)
                 con.execute("UPDATE assets SET path = _mv.dst FROM _mv "
                             "WHERE assets.path = _mv.src")
+                con.execute(_BUMP_LAYOUT)
                 con.execute("COMMIT")
             except duckdb.Error:
                 self._rollback()
@@ -265,6 +280,54 @@ class Writes:
                 self._rollback()
                 raise
         return int(n)
+
+    @_gated
+    def add_decisions(self, kind: str, groups: Sequence[tuple[Sequence[int], int | None]]
+                      ) -> list[int]:
+        """Record decisions about groups of files (their ids, and a keeper or None), in one
+        transaction, each file with its content hash as it is now (a file that changes
+        later drops out of it). Returns the decisions' ids."""
+        groups = [(sorted({int(i) for i in ids}), keeper) for ids, keeper in groups]
+        if not groups:
+            return []
+        con = self.con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            first_id = con.execute("SELECT coalesce(max(id), 0) + 1 FROM decisions"
+                                   ).fetchall()[0][0]
+            new = list(range(int(first_id), int(first_id) + len(groups)))
+            con.executemany("INSERT INTO decisions VALUES (?, ?, ?, now())",
+                            [[d, kind, None if k is None else int(k)]
+                             for d, (_, k) in zip(new, groups)])
+            dec = [d for d, (ids, _) in zip(new, groups) for _ in ids]
+            asset = [i for ids, _ in groups for i in ids]
+            with registered(con, "_dm", decision=(dec, "int64"), id=(asset, "int64")):
+                found = con.execute("INSERT INTO decision_members SELECT _dm.decision, a.id, "
+                                    "a.content_hash FROM assets a JOIN _dm USING (id)"
+                                    ).fetchall()[0][0]
+            con.execute(_BUMP_LAYOUT)
+            con.execute("COMMIT")
+        except duckdb.Error:
+            self._rollback()
+            raise
+        if found != len(asset):
+            log.warning("a decision named %d files the index does not hold", len(asset) - found)
+        return new
+
+    @_gated
+    def remove_decision(self, decision_id: int) -> bool:
+        con = self.con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            gone = con.execute("DELETE FROM decisions WHERE id = ?", [int(decision_id)]
+                               ).fetchall()[0][0]
+            con.execute("DELETE FROM decision_members WHERE decision_id = ?", [int(decision_id)])
+            con.execute(_BUMP_LAYOUT)
+            con.execute("COMMIT")
+        except duckdb.Error:
+            self._rollback()
+            raise
+        return bool(gone)
 
     @_gated
     def auto_tags(self) -> int:
