@@ -94,3 +94,29 @@ def run_cli(*args) -> tuple[int, str, str]:
         except SystemExit as exc:       # never expected: run() returns every exit code
             code = exc.code if isinstance(exc.code, int) else 2
     return code, out.getvalue(), err.getvalue()
+
+
+def chromium_driver(width: int = 1280, height: int = 2000):
+    """Headless Chromium through Selenium and Debian's chromedriver; skips when absent
+    (CI installs both and sets ALICE_GPU_REQUIRE_BROWSER, so there it fails instead)."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        if os.environ.get("ALICE_GPU_REQUIRE_BROWSER"):
+            pytest.fail("chromium and chromedriver are required (apt-get install chromium "
+                        "chromium-driver)")
+        pytest.skip("needs chromium and chromedriver")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    # the machine's network is closed: no background connections to be refused
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                f"--window-size={width},{height}", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+                "--disable-quic"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(service=Service(executable_path=driver), options=opts)

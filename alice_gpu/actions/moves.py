@@ -309,3 +309,48 @@ def undo_moves(store: "Store", journal: str | os.PathLike[str]) -> MoveReport:
     report = MoveReport(str(path))
     Mover(store, path.parent).undo(path, report)
     return report
+
+
+def move_ids(open_store: Callable[[bool], Any], ids: list[int], move_to: str) -> MoveReport:
+    """Move the files with these ids into ``move_to`` (each under its path relative to its
+    indexed root), through a journal as ``duplicates --move-to`` does; files already there
+    stay. A journal a killed run left open in ``move_to`` is finished first."""
+    dest = os.path.abspath(os.path.expanduser(move_to))
+    report = MoveReport(None)
+    inside = dest.rstrip(os.sep) + os.sep
+    with open_store(False) as store:
+        mover = Mover(store, dest)
+        for journal in mover.incomplete():
+            log.warning("finishing the moves of %s, which a run left open", journal)
+            mover.resume(journal, report)
+        rows = store.assets_by_ids(ids)
+        for missing in sorted(set(ids) - set(rows)):
+            report.problem(f"id {missing}", "not in the index")
+        roots = store.index_roots()
+        report.planned = [PlannedMove(r["path"], os.path.join(dest, relative_to_root(
+            r["path"], roots)), 0, None) for _, r in sorted(rows.items())
+            if not r["path"].startswith(inside)]
+        if report.planned:
+            mover.move(report.planned, report)
+    return report
+
+
+def list_journals(store: "Store", move_to: str) -> list[dict[str, Any]]:
+    """The journals in ``move_to`` this index may act on, newest first: their name, when,
+    how many files they moved and put back, and whether they are finished or undone."""
+    folder = Path(os.path.abspath(os.path.expanduser(move_to)))
+    if not folder.is_dir():
+        return []
+    bounds = Bounds.of(folder, store.index_roots())
+    out = []
+    for path in sorted(folder.glob(JOURNAL_GLOB), reverse=True):
+        try:
+            entries = Journal.entries(path)
+            check_journal(path, entries, store.folder, bounds)
+        except QueryError:                     # another index's, or not to be trusted
+            continue
+        ops = [e.record.get("op") for e in entries[1:]]
+        out.append({"name": path.name, "at": entries[0].record.get("at"),
+                    "moved": ops.count("moved"), "restored": ops.count("unmoved"),
+                    "finished": "end" in ops, "undone": "undone" in ops})
+    return out

@@ -17,6 +17,7 @@ naming the holder, per command:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import sys
@@ -37,20 +38,24 @@ if TYPE_CHECKING:
     from ..store import Store
 
 READS = frozenset({"stats", "find", "find_json", "find_lines", "show", "similar", "duplicates",
-                   "tags"})
-QUEUED = frozenset({"tag", "auto_tag"})
+                   "tags", "decisions", "asset", "browse", "revision", "locate", "thumbnail",
+                   "image", "journals"})
+QUEUED = frozenset({"tag", "auto_tag", "decide_groups", "forget_decision"})
 REFUSED = {"index": "an index run", "move_duplicates": "moving files",
-           "undo": "moving files back"}
+           "move_aside": "moving files", "undo": "moving files back"}
 SERVED = READS | QUEUED | frozenset(REFUSED)
+PROGRESSING = frozenset({"index"})               # calls whose progress events are forwarded
 
 
 class HeldIndex:
     """The index this process holds, as the API's requests from elsewhere see it."""
 
-    def __init__(self, store: "Store", folder: Path):
+    def __init__(self, store: "Store", folder: Path, refuse: dict[str, str] | None = None):
         self.store, self.folder = store, folder
+        self.refuse = REFUSED if refuse is None else refuse
         self.vectors: "VectorIndex | None" = None     # the run's, once it has one
         self.info: dict[str, Any] = {}
+        self.index_lock = threading.Lock()           # index runs, one at a time
         self._request = threading.local()
 
     def view(self) -> "Store":
@@ -67,9 +72,13 @@ class HeldIndex:
         with self.vectors.reading(view, memory_mb) as vectors:
             yield vectors
 
-    def featuriser(self, view: "Store") -> Callable[[str], "AssetRecord"]:
+    def featuriser(self, view: "Store") -> Callable[[str], "AssetRecord"] | None:
         """A query image outside the index: its row as the client made it, or a request
-        for it (the client has the model; the holder spends nothing on it)."""
+        for it (the client has the model; the holder spends nothing on it). None for the
+        holder's own queries (a server's upload): those are featurised here."""
+        if not getattr(self._request, "remote", False):
+            return None
+
         def featurise(path: str) -> "AssetRecord":
             from ..records import AssetRecord
 
@@ -86,23 +95,25 @@ class HeldIndex:
         """One request: the same API call a direct run makes, on this held index."""
         from .index import AliceIndex
 
-        if op in REFUSED:
+        if op in self.refuse:
             raise StoreLockedError(
                 f"the index at {self.folder} is held by {wire.describe(self.info)}; "
-                f"{REFUSED[op]} waits for no other: run it again when that has finished")
+                f"{self.refuse[op]} waits for no other: run it again when that has finished")
         params = args.get("args")
         if not isinstance(params, dict):
             raise QueryError("a request without arguments")
         api = AliceIndex(args.get("folder") or self.folder,
                          config_from_dict(args.get("config") or {}), held=self)
-        self._request.outside = args.get("outside")
+        self._request.outside, self._request.remote = args.get("outside"), True
+        if op in PROGRESSING:                        # its events go to the asking terminal
+            params["progress"] = lambda ev: emit(dataclasses.asdict(ev))
         try:
             answer = getattr(api, op)(**params)
             if op == "find_json":
                 return Stream(answer)
             return answer
         finally:
-            self._request.outside = None
+            self._request.outside, self._request.remote = None, False
 
 
 def holder_command() -> str:
@@ -111,11 +122,13 @@ def holder_command() -> str:
 
 
 @contextmanager
-def holding(store: "Store", folder: str | os.PathLike[str]) -> Iterator[HeldIndex]:
+def holding(store: "Store", folder: str | os.PathLike[str],
+            refuse: dict[str, str] | None = None) -> Iterator[HeldIndex]:
     """Serve the index ``store`` holds while the block runs (call on the thread that
-    owns the store, before it hands the store to another)."""
+    owns the store, before it hands the store to another). ``refuse``: the calls this
+    holder turns down, and why (an index run's by default; ``{}`` takes every call)."""
     store.serve_views()
-    held = HeldIndex(store, Path(folder))
+    held = HeldIndex(store, Path(folder), refuse)
     with Holder(folder, holder_command(), held.handle, SERVED) as server:
         held.info = server.info
         yield held

@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from ..config import Config, default_db_dir, load_config
-from ..errors import ConfigError, QueryMemoryError, command_line
+from ..errors import ConfigError, QueryMemoryError
 from ..features.modelcfg import known_dim
 from ..search.cache import QueryCache, file_stamp
+from .catalog import Catalog
+from .media import Media
 from .routing import routed
 from ..store import DB_FILE, MANIFEST_FILE, Store
 
@@ -43,7 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class AliceIndex:
+class AliceIndex(Catalog, Media):
     """One index folder. Each call opens the store for just as long as it needs it."""
 
     def __init__(self, db: str | os.PathLike[str] | None = None, config: Config | None = None,
@@ -131,17 +133,51 @@ class AliceIndex:
                 ray_engine.close()
 
     def _run_index(self, roots, cfg, dev, progress, retry_failed, prune, engine):
-        from ..pipeline import run_index
         from ..search.vectors import VectorIndex
         from .held import holding
 
+        if self._held is not None:              # a long-lived holder (serve) runs it
+            with self._held.index_lock, self._open(read_only=False) as store:
+                vectors = self._held.vectors = VectorIndex(store)
+                return self._index_into(store, vectors, roots, cfg, dev, progress,
+                                        retry_failed, prune, engine)
         with self._open(read_only=False) as store, holding(store, self.folder) as held:
             vectors = held.vectors = VectorIndex(store)   # queries share the run's index
-            summary = run_index(store, vectors, roots, cfg, dev, progress,
-                                retry_failed, prune, engine=engine)
-            if cfg.metadata.auto_tags:
-                store.auto_tags()
-            return summary
+            return self._index_into(store, vectors, roots, cfg, dev, progress, retry_failed,
+                                    prune, engine)
+
+    @staticmethod
+    def _index_into(store, vectors, roots, cfg, dev, progress, retry_failed, prune, engine):
+        from ..pipeline import run_index
+
+        summary = run_index(store, vectors, roots, cfg, dev, progress, retry_failed, prune,
+                            engine=engine)
+        if cfg.metadata.auto_tags:
+            store.auto_tags()
+        return summary
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        """Hold the index for writing while the block runs (a long-lived process: the web
+        app), answering other processes for it, every call of theirs taken (an ``index``
+        included, one at a time); this object's calls then use the held index.
+        StoreLockedError when another process holds it."""
+        from .held import holding
+
+        with self._open(read_only=False) as store, \
+                holding(store, self.folder, refuse={}) as held:
+            self._held = held
+            try:
+                yield
+            finally:
+                self._held = None
+
+    def warm(self) -> None:
+        """Load what a search by image needs (the model, the isolated decoder) now,
+        not at the first search: a server does this once, in the background."""
+        from ..pipeline.stages import warm_outside
+
+        warm_outside(self.config.with_overrides(decode__engine="cpu"))
 
     @contextmanager
     def _vectors(self, store: Store, cfg: Config) -> Iterator[Any]:
@@ -157,12 +193,14 @@ class AliceIndex:
     @routed
     def similar(self, image: str | os.PathLike[str], *, k: int | None = None,
                 by: str = "embedding", device: str | None = None,
-                filters: "Filters | None" = None) -> "SimilarResult":
+                filters: "Filters | None" = None, isolated: bool = False
+                ) -> "SimilarResult":
         """Top-k look-alikes of ``image`` (in the index or not), best first, among the
         files matching ``filters`` (all files by default).
 
         ``device`` (default: the configured one) runs hash searches on a GPU and
-        featurises a query image that is not in the index.
+        featurises a query image that is not in the index; ``isolated`` decodes such an
+        image in a worker process (a file from a stranger).
         """
         from ..search.queries import similar
 
@@ -177,21 +215,22 @@ class AliceIndex:
         with self._open(read_only=True) as store, _query_memory(cfg), \
                 self._vectors(store, cfg) as vectors:
             allowed = _allowed(store, filters)
-            featurise = self._featuriser(store, cfg, by)
+            featurise = self._featuriser(store, cfg, by, isolated)
             result = similar(store, vectors, path, k=k, by=by, cfg=cfg, device=cfg.device,
                              allowed=allowed, featurise=featurise)
         self.cache.put(key, result)
         return result
 
-    def _featuriser(self, store: Store, cfg: Config, by: str):
+    def _featuriser(self, store: Store, cfg: Config, by: str, isolated: bool = False):
         """How a query image outside the index gets its features: made here as the index
         made its rows; in the holder, sent by the client (which makes them itself)."""
-        if self._held is not None:
-            return self._held.featuriser(store)
+        held = self._held.featuriser(store) if self._held is not None else None
+        if held is not None:
+            return held
         from ..pipeline.stages import featurise_outside
 
         return featurise_outside(cfg, store.model, store.embedding_count() > 0,
-                                 by == "embedding")
+                                 by == "embedding", isolated)
 
     @routed
     def duplicates(self, *, by: str = "tiered", threshold: float | None = None,
@@ -276,87 +315,6 @@ class AliceIndex:
         return evaluate(truth, ([f.path for f in g.files] for g in dup.groups), ranked,
                         {"by": by, "threshold": dup.threshold},
                         {"by": similar_by, "depth": MAP_DEPTH})
-
-    @routed
-    def find(self, filters: "Filters | None" = None, *, limit: int | None = None
-             ) -> list[dict[str, Any]]:
-        """The files matching ``filters`` (every file when none), by path: what made
-        them, when, their tags and hashes. Needs no model (no torch)."""
-        from ..store.filters import Filters
-
-        with self._open(read_only=True) as store:
-            return store.find(filters or Filters(), limit)
-
-    @routed
-    def find_json(self, filters: "Filters | None" = None, *, limit: int | None = None
-                  ) -> Iterator[list[str]]:
-        """``find`` as JSON objects, one string per file (what ``find --json`` prints),
-        in chunks as they are read."""
-        from ..store.filters import Filters
-
-        with self._open(read_only=True) as store:
-            yield from store.find_json(filters or Filters(), limit)
-
-    @routed
-    def find_lines(self, filters: "Filters | None" = None, *, limit: int | None = None
-                   ) -> list[tuple[str, str, str | None, str | None]]:
-        """``find`` as terminal lines: (path, generator or camera, prompt head, tags)."""
-        from ..store.filters import Filters
-
-        with self._open(read_only=True) as store:
-            return store.find_lines(filters or Filters(), limit)
-
-    @routed
-    def show(self, path: str | os.PathLike[str]) -> dict[str, Any]:
-        """One file's whole record; a file not in the index is an error."""
-        from ..discover import normalize_path
-        from ..errors import QueryError
-
-        key = normalize_path(os.path.expanduser(os.fspath(path)))
-        with self._open(read_only=True) as store:
-            row = store.record(key)
-        if row is None:
-            folder = os.path.dirname(key) or "."
-            raise QueryError(f"{path} is not in the index; add its folder with "
-                             f"{command_line('index', folder, '--db', self.folder)}")
-        return row
-
-    @routed
-    def tag(self, tag: str, *, add: bool = True, paths: Iterable[str | os.PathLike[str]] = (),
-            filters: "Filters | None" = None) -> int:
-        """Add (or remove) ``tag`` on the files among ``paths`` (files or folders; none:
-        every file) that match ``filters``, in one statement. Returns how many changed."""
-        from ..discover import normalize_path
-        from ..errors import QueryError
-        from ..store.filters import Filters
-
-        tag = tag.strip()
-        if not tag or len(tag) > 200 or any(c in tag for c in "\n\r\t"):
-            raise QueryError("a tag is 1 to 200 characters on one line")
-        files, folders = [], []
-        for p in paths:
-            key = normalize_path(os.path.expanduser(os.fspath(p)))
-            (folders if os.path.isdir(key) else files).append(key)
-        with self._open(read_only=False) as store:
-            return store.update_tags(tag, add, filters or Filters(), files, folders)
-
-    @routed
-    def tags(self) -> list[tuple[str, int]]:
-        with self._open(read_only=True) as store:
-            return store.tag_counts()
-
-    @routed
-    def auto_tag(self) -> int:
-        """Tag every file from its metadata: source:<generator>, model:<name>, camera:<model>."""
-        with self._open(read_only=False) as store:
-            return store.auto_tags()
-
-    @routed
-    def stats(self) -> dict[str, Any]:
-        with self._open(read_only=True) as store:
-            out = store.stats()
-        out["db"] = str(self.folder)
-        return out
 
 
 def _allowed(store: Store, filters: "Filters | None") -> "Any":

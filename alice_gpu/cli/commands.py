@@ -15,7 +15,7 @@ from ..config import QUERY_KINDS
 from .app import EXIT_FAILED_FILES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, app, call, fail, \
     open_api
 from .options import (CONFIG, DB, DEVICE, F_CAMERA, F_FORMAT, F_IN, F_PROMPT, F_SINCE, F_SOURCE,
-                      F_TAG, F_UNTIL, JSON, choice, filters, profiles)
+                      F_MODEL, F_TAG, F_UNTIL, JSON, choice, filters, profiles)
 from .render import (Progress, console, emit_json, hex64, index_summary, say, show_path)
 
 # ------------------------------------------------------------------ index options
@@ -103,10 +103,11 @@ def similar(image: Path = A_IMAGE, k: Optional[int] = O_K, by: str = O_BY,
             source: Optional[str] = F_SOURCE, prompt: Optional[str] = F_PROMPT,
             camera: Optional[str] = F_CAMERA, since: Optional[str] = F_SINCE,
             until: Optional[str] = F_UNTIL, folder: Optional[Path] = F_IN,
-            fmt: Optional[str] = F_FORMAT, db: Optional[Path] = DB, json_out: bool = JSON,
+            fmt: Optional[str] = F_FORMAT,
+            model: Optional[str] = F_MODEL, db: Optional[Path] = DB, json_out: bool = JSON,
             config: Optional[Path] = CONFIG) -> int:
     """Top-k look-alikes of one image, best first (among the files the filters keep)."""
-    chosen = filters(tag, source, prompt, camera, since, until, folder, fmt)
+    chosen = filters(tag, source, prompt, camera, since, until, folder, fmt, model)
     api = open_api(db, config)
     result = call(api.similar, str(image), k=k, by=by, device=device,
                   filters=None if chosen.empty() else chosen)
@@ -138,10 +139,11 @@ def find(tag: Optional[List[str]] = F_TAG, source: Optional[str] = F_SOURCE,
          prompt: Optional[str] = F_PROMPT, camera: Optional[str] = F_CAMERA,
          since: Optional[str] = F_SINCE, until: Optional[str] = F_UNTIL,
          folder: Optional[Path] = F_IN, fmt: Optional[str] = F_FORMAT,
+         model: Optional[str] = F_MODEL,
          limit: Optional[int] = O_LIMIT, db: Optional[Path] = DB, json_out: bool = JSON,
          config: Optional[Path] = CONFIG) -> int:
     """Files by what made them, when, where and their tags (every file without filters)."""
-    chosen = filters(tag, source, prompt, camera, since, until, folder, fmt)
+    chosen = filters(tag, source, prompt, camera, since, until, folder, fmt, model)
     api = open_api(db, config)
     if json_out:
         call(_find_json, api, chosen, limit)
@@ -249,9 +251,10 @@ def _tag_command(add: bool) -> Callable[..., int]:
                   source: Optional[str] = F_SOURCE, prompt: Optional[str] = F_PROMPT,
                   camera: Optional[str] = F_CAMERA, since: Optional[str] = F_SINCE,
                   until: Optional[str] = F_UNTIL, folder: Optional[Path] = F_IN,
-                  fmt: Optional[str] = F_FORMAT, db: Optional[Path] = DB, json_out: bool = JSON,
+                  fmt: Optional[str] = F_FORMAT,
+                  model: Optional[str] = F_MODEL, db: Optional[Path] = DB, json_out: bool = JSON,
                   config: Optional[Path] = CONFIG) -> int:
-        chosen = filters(tag, source, prompt, camera, since, until, folder, fmt)
+        chosen = filters(tag, source, prompt, camera, since, until, folder, fmt, model)
         if not paths and chosen.empty():
             raise typer.BadParameter("name files or folders, or filters (e.g. --source "
                                      "comfyui); to tag every file use --in /", param_hint="PATH")
@@ -293,4 +296,38 @@ def tag_auto(db: Optional[Path] = DB, json_out: bool = JSON,
         emit_json({"added": n})
     else:
         sys.stdout.write(f"added {n} tags\n")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------ serve
+O_HOST = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by "
+                      "default; any other needs --token).")
+O_PORT = typer.Option(8765, "--port", min=1, max=65535, help="Port to listen on.")
+O_OPEN = typer.Option(False, "--open", help="Open the page in the browser.")
+O_READ_ONLY = typer.Option(False, "--read-only", help="Look, search, never act: every "
+                           "action is refused, and the index is not held.")
+O_TOKEN = typer.Option(None, "--token", help="The token another machine must give (auto: "
+                       "made and printed).")
+O_SET_ASIDE = typer.Option(None, "--move-to", metavar="DIR", help="Where copies are set "
+                           "aside (default ~/alice-gpu-set-aside).")
+
+
+@app.command()
+def serve(db: Optional[Path] = DB, host: str = O_HOST, port: int = O_PORT,
+          open_browser: bool = O_OPEN, read_only: bool = O_READ_ONLY,
+          token: Optional[str] = O_TOKEN, move_to: Optional[Path] = O_SET_ASIDE,
+          config: Optional[Path] = CONFIG) -> int:
+    """A local web app: browse, search by image, review duplicates, undo (Ctrl-C stops)."""
+    try:
+        import fastapi  # noqa: F401 - the [serve] extra
+        import jinja2  # noqa: F401
+        import multipart  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise fail("serve needs the web extra: pip install 'alice-gpu[serve]'", EXIT_USAGE)
+    from ..web.server import serve as run_server
+
+    api = open_api(db, config)
+    call(run_server, api, host, port, read_only=read_only, token=token, move_to=move_to,
+         open_browser=open_browser, announce=lambda url: say(f"alice-gpu serve: {url}"))
     return EXIT_OK

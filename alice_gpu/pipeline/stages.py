@@ -9,6 +9,7 @@ are distributors over the same callables and differ only in where they run them.
 from __future__ import annotations
 
 import os
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from ..config import Config
@@ -100,35 +101,85 @@ def make_featuriser(cfg: Config, device: "torch.device | str | None" = None,
                              timer)
 
 
-def featurise_outside(cfg: Config, model: str, embedded_index: bool, want_embedding: bool
-                      ) -> Callable[[str], AssetRecord]:
+# features stages kept for the life of the process (a server's model stays resident)
+_RESIDENT: dict[tuple, Featuriser] = {}
+_RESIDENT_LOCK = threading.Lock()
+
+
+def featurise_outside(cfg: Config, model: str, embedded_index: bool, want_embedding: bool,
+                      isolated: bool = False) -> Callable[[str], AssetRecord]:
     """A file outside the index to its row, made the way the index made its rows: the
     decode plan of a run with (or, for a hash-only index, without) embeddings, and the
     same stage callables. Hashes alone are computed in numpy here (no torch) wherever a
-    CPU run computes them in its workers."""
+    CPU run computes them in its workers. ``isolated``: decoded in a worker process (a
+    file from a stranger: an upload), which a decoder's crash cannot take down."""
     made = cfg.with_overrides(features__embed=embedded_index or want_embedding,
                               features__model=model, decode__engine="cpu",
                               metadata__extract=False)
 
     def featurise(path: str) -> AssetRecord:
-        from ..features.worker import decode_and_hash
-
         try:
             st = os.stat(path)
         except OSError as exc:
             raise QueryError(f"cannot read query image {path}: {exc.strerror}") from None
-        cpu_plan = decode_plan(made, "cpu" if made.features.embed else None)
-        if not want_embedding and cpu_plan.hash_in_worker:
-            featuriser = Featuriser(None, cpu_plan, False)
-        else:
-            from ..gpu.devices import resolve_precision, select_device
-
-            dev = select_device(made.device)
-            featuriser = Featuriser.create(dev, model if want_embedding else None,
-                                           decode_plan(made, dev),
-                                           resolve_precision(dev, made.features.precision))
-        decoded = decode_and_hash([FileEntry(path, st.st_size, st.st_mtime_ns)],
-                                  featuriser.plan, None, made.decode.timeout_seconds)
-        return featuriser(decoded)[0]
+        featuriser = _featuriser_for(made, model, want_embedding)
+        entry = FileEntry(path, st.st_size, st.st_mtime_ns)
+        decoded = (decode_isolated if isolated else _decode_here)(
+            entry, featuriser.plan, made.decode.timeout_seconds)
+        with _RESIDENT_LOCK:              # one model, one batch at a time
+            return featuriser([decoded])[0]
 
     return featurise
+
+
+def _featuriser_for(made: Config, model: str, want_embedding: bool) -> Featuriser:
+    """The features stage for a query, made once per process and kept."""
+    cpu_plan = decode_plan(made, "cpu" if made.features.embed else None)
+    if not want_embedding and cpu_plan.hash_in_worker:
+        return Featuriser(None, cpu_plan, False)
+    from ..gpu.devices import resolve_precision, select_device
+
+    dev = select_device(made.device)
+    precision = resolve_precision(dev, made.features.precision)
+    plan = decode_plan(made, dev)
+    key = (model if want_embedding else None, str(dev), precision, plan)
+    with _RESIDENT_LOCK:
+        if key not in _RESIDENT:
+            _RESIDENT[key] = Featuriser.create(dev, key[0], plan, precision)
+        return _RESIDENT[key]
+
+
+def warm_outside(cfg: Config) -> None:
+    """The resident features stage for queries with embeddings, and the isolated decoder,
+    made now (a server's first search then pays for neither)."""
+    from loky import get_reusable_executor
+
+    made = cfg.with_overrides(features__embed=True, metadata__extract=False)
+    _featuriser_for(made, made.features.model, True)
+    get_reusable_executor(max_workers=1, timeout=600).submit(os.getpid).result()
+
+
+def _decode_here(entry: FileEntry, plan: DecodePlan, timeout: float) -> "Decoded":
+    from ..features.worker import decode_and_hash
+
+    return decode_and_hash([entry], plan, None, timeout)[0]
+
+
+def decode_isolated(entry: FileEntry, plan: DecodePlan, timeout: float) -> "Decoded":
+    """One file decoded in a worker process (loky's reusable executor, started once and
+    kept while it is used), under the same deadline and pixel limits; a worker that
+    dies is a failed record, not a dead server."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    from loky import get_reusable_executor
+
+    from ..features.worker import decode_and_hash
+    from ..records import Decoded
+
+    executor = get_reusable_executor(max_workers=1, timeout=600)
+    try:
+        return executor.submit(decode_and_hash, [entry], plan, None, timeout).result(
+            timeout=2 * timeout + 60)[0]
+    except (BrokenProcessPool, TimeoutError) as exc:
+        return Decoded.failed(entry, f"the decoder did not survive this file "
+                                     f"({type(exc).__name__})")

@@ -41,6 +41,8 @@ def encode(value: Any) -> Any:
         return value
     if isinstance(value, np.generic):
         return value.item()
+    if isinstance(value, bytes):
+        return {"$t": "bytes", "v": base64.b64encode(value).decode("ascii")}
     if isinstance(value, (list, np.ndarray)) and not (
             isinstance(value, np.ndarray) and value.dtype != object):
         return [encode(v) for v in value]
@@ -78,6 +80,8 @@ def decode(value: Any) -> Any:
         return tuple(decode(v) for v in body)
     if tag == "dict":
         return {decode(k): decode(v) for k, v in body}
+    if tag == "bytes":
+        return base64.b64decode(body)
     if tag == "datetime":
         return dt.datetime.fromisoformat(body)
     if tag == "date":
