@@ -9,6 +9,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+import pytest
 from PIL import Image, PngImagePlugin
 
 from conftest import REPO, run_cli
@@ -48,7 +49,43 @@ def test_every_readme_command_runs_as_printed(tmp_path, photos):
             journal = sorted(dups.glob("alice-gpu-journal-*.jsonl"))[-1]
             line = line.replace("JOURNAL", shlex.quote(str(journal)))
         args = shlex.split(line)[1:]
+        if args[0] == "serve":
+            _serves(args)
+            continue
         code, out, err = run_cli(*args)
         assert code == 0, (line, err[-2000:])
         if args[:2] == ["find", "--prompt"]:
             assert [Path(r["path"]).name for r in json.loads(out)["results"]] == ["made.png"]
+
+
+def _serves(args: list[str]) -> None:
+    """`serve` as printed, in its own process (a browser "opened" by $BROWSER=true):
+    it prints its URL, answers, and stops with Ctrl-C, exit 0."""
+    import http.client
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    exe = shutil.which("alice-gpu") or os.path.join(os.path.dirname(sys.executable),
+                                                     "alice-gpu")
+    proc = subprocess.Popen([exe, *args], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "BROWSER": "true"})
+    try:
+        line = proc.stderr.readline()
+        if "cannot listen" in line:
+            pytest.skip(f"the README's port is in use on this machine: {line.strip()}")
+        url = re.search(r"http://([^/]+)/", line)
+        assert url, line
+        while True:
+            try:
+                con = http.client.HTTPConnection(url.group(1), timeout=60)
+                con.request("GET", "/api/stats")
+                assert con.getresponse().status == 200
+                break
+            except ConnectionRefusedError:
+                assert proc.poll() is None, proc.stderr.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    assert proc.returncode == 0

@@ -174,3 +174,38 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, tmp_path):
     assert code == 2 and "pip install 'alice-gpu[serve]'" in err
     assert run_cli("stats", "--db", tmp_path / "nope", "--json")[0] == 2   # the CLI as ever
     assert not os.path.exists(tmp_path / "db")
+
+
+def test_a_port_in_use_is_one_line_and_the_index_stays_free(tmp_path, photos):
+    import socket
+
+    media = library(tmp_path, photos)
+    run_cli("index", media, "--db", tmp_path / "db", "--no-embed")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        code, _, err = run_cli("serve", "--db", tmp_path / "db", "--port",
+                               taken.getsockname()[1])
+    assert code == 2 and "cannot listen" in err and err.count("\n") == 1, err
+    assert run_cli("stats", "--db", tmp_path / "db", "--json")[0] == 0
+
+
+def test_an_asset_page_answers_when_its_file_is_away(tmp_path, photos):
+    """Look-alikes of an indexed file come from what the index holds: the file (on a
+    drive unplugged, or a synthetic row) is not read."""
+    from alice_gpu.errors import QueryError
+
+    media = library(tmp_path, photos)
+    assert run_cli("index", media, "--db", tmp_path / "db", "--no-embed")[0] == 0
+    api = open_index(tmp_path / "db")
+    rows = {Path(r["path"]).name: r["id"] for r in api.browse(limit=100)["items"]}
+    copy = media / "phone" / "IMG_0001.jpg"
+    original = sorted((photos / "images").iterdir())[30].name
+    copy.unlink()
+    found = api.similar_to(rows["IMG_0001.jpg"], k=2, by="phash")
+    assert found.query_in_index and {Path(m.path).name for m in found.results} == {
+        "IMG_0001.jpg", original}
+    with pytest.raises(QueryError, match="no indexed file"):
+        api.similar_to(999_999, k=2, by="phash")
+    with pytest.raises(QueryError, match="no embedding"):
+        api.similar_to(rows[original], k=2)

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 READS = frozenset({"stats", "find", "find_json", "find_lines", "show", "similar", "duplicates",
                    "tags", "decisions", "asset", "browse", "revision", "locate", "thumbnail",
-                   "image", "journals"})
+                   "image", "journals", "similar_to"})
 QUEUED = frozenset({"tag", "auto_tag", "decide_groups", "forget_decision"})
 REFUSED = {"index": "an index run", "move_duplicates": "moving files",
            "move_aside": "moving files", "undo": "moving files back"}

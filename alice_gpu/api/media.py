@@ -96,6 +96,27 @@ class Media:
             return self.similar(path, k=k, by=by, filters=filters, isolated=True)
 
     @routed
+    def similar_to(self, asset_id: int, *, k: int | None = None, by: str = "embedding",
+                   filters: "Filters | None" = None) -> "SimilarResult":
+        """Look-alikes of a file of the index by its id, from its stored features (the
+        file itself is not read: an asset page answers even when its file is away)."""
+        from ..search.queries import similar_to
+        from .index import _allowed, _query_memory
+
+        cfg = self.config
+        k = k or cfg.query.k
+        key = self._cache_key("similar_to", int(asset_id), k, by, filters)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        with self._open(read_only=True) as store, _query_memory(cfg), \
+                self._vectors(store, cfg) as vectors:
+            result = similar_to(store, vectors, int(asset_id), k=k, by=by, device=cfg.device,
+                                allowed=_allowed(store, filters))
+        self.cache.put(key, result)
+        return result
+
+    @routed
     def move_aside(self, ids: Iterable[int], move_to: str | os.PathLike[str]) -> "MoveReport":
         """Move these files (by id) into ``move_to``, each under its path relative to the
         folder it was indexed under, with a journal for :meth:`undo`; the index follows.

@@ -150,6 +150,33 @@ def similar(store: Store, vectors: VectorIndex, path: str, *, k: int, by: str, c
     inside = feat is not None
     if not inside:
         feat = _outside(path, by, featurise)
+    return SimilarResult(query=normalize_path(path), by=by, query_in_index=inside,
+                         results=search(store, vectors, feat, k=k, by=by, device=device,
+                                        allowed=allowed))
+
+
+def similar_to(store: Store, vectors: VectorIndex, asset_id: int, *, k: int, by: str,
+               device: str = "auto", allowed: np.ndarray | None = None) -> SimilarResult:
+    """Top-k look-alikes of a file of the index, from what the index holds of it (its
+    file need not be there, nor be read)."""
+    check_by(by)
+    row = store.assets_by_ids([int(asset_id)]).get(int(asset_id))
+    if row is None or row["status"] != STATUS_OK:
+        raise QueryError(f"no indexed file with id {asset_id}")
+    feat = (store.embedding_of(int(asset_id)) if by == "embedding"
+            else None if row[by] is None else int(row[by]))
+    if feat is None:
+        raise QueryError(f"{row['path']} has no {by} in the index")
+    return SimilarResult(query=row["path"], by=by, query_in_index=True,
+                         results=search(store, vectors, feat, k=k, by=by, device=device,
+                                        allowed=allowed))
+
+
+def search(store: Store, vectors: VectorIndex, feat: np.ndarray | int, *, k: int, by: str,
+           device: str = "auto", allowed: np.ndarray | None = None) -> list[Match]:
+    """The k nearest to a query's features (an embedding, or a hash), best first."""
+    if k < 1:
+        raise QueryError("--k must be >= 1")
     if by == "embedding":
         scores, ids = _filtered_search(vectors, np.asarray(feat), k, allowed)
         rows = store.assets_by_ids(ids)
@@ -166,7 +193,7 @@ def similar(store: Store, vectors: VectorIndex, path: str, *, k: int, by: str, c
         rows = store.assets_by_ids(all_ids[order])
         matches = [Match(rows[int(i)]["path"], round(1.0 - int(d) / 64.0, 6), int(i), int(d))
                    for d, i in zip(dist, all_ids[order])]
-    return SimilarResult(query=normalize_path(path), by=by, results=matches, query_in_index=inside)
+    return matches
 
 
 def _outside(path: str, by: str, featurise: Featurise | None) -> np.ndarray | int:

@@ -81,7 +81,7 @@ def _pages(app: FastAPI, state: "WebState", templates: Jinja2Templates) -> None:
     def asset(request: Request, asset_id: int):
         row = record_json(answer(idx.asset, asset_id))
         by = "embedding" if row.get("embedded") else "phash"
-        similar = [m for m in answer(idx.similar, row["path"], k=21, by=by).results
+        similar = [m for m in answer(idx.similar_to, row["id"], k=21, by=by).results
                    if m.id != asset_id][:20]
         return templates.TemplateResponse(request, "asset.html", {
             "row": row, "similar": similar, "by": by,
@@ -91,7 +91,7 @@ def _pages(app: FastAPI, state: "WebState", templates: Jinja2Templates) -> None:
     def similar(request: Request, asset_id: int, k: int = Query(60, ge=1, le=200)):
         row = answer(idx.asset, asset_id)
         by = "embedding" if row.get("embedded") else "phash"
-        result = answer(idx.similar, row["path"], k=k, by=by)
+        result = answer(idx.similar_to, row["id"], k=k, by=by)
         return templates.TemplateResponse(request, "similar.html",
                                           {"row": row, "result": result, "by": by})
 

@@ -141,7 +141,7 @@ def _asset_routes(api: APIRouter, state: "WebState") -> None:
                 by: str = "embedding") -> dict[str, Any]:
         row = answer(idx.asset, asset_id)
         by = by if row.get("embedded") or by != "embedding" else "phash"
-        result = answer(idx.similar, row["path"], k=k + 1, by=by)
+        result = answer(idx.similar_to, asset_id, k=k + 1, by=by)
         doc = result.to_dict()
         doc["results"] = [m for m in doc["results"] if m["id"] != asset_id][:k]
         return doc

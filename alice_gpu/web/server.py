@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import socket
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,20 +79,23 @@ def warm(api: "AliceIndex") -> None:
 class Running:
     """A started server: its URL, its state, and the uvicorn server that answers."""
 
-    def __init__(self, server: Any, state: WebState, keeper: Keeper | None, url: str):
+    def __init__(self, server: Any, state: WebState, keeper: Keeper | None, url: str,
+                 sock: socket.socket):
         self.server, self.state, self.keeper, self.url = server, state, keeper, url
+        self.sock = sock
         self.thread: threading.Thread | None = None
 
     def run(self) -> None:
         """Answer until Ctrl-C (or ``stop``), then let the index go."""
         try:
-            self.server.run()
+            self.server.run(sockets=[self.sock])
         finally:
             self.release()
 
     def in_background(self) -> "Running":
         """Answer on a thread (tests, notebooks); returns once it listens."""
-        self.thread = threading.Thread(target=self.server.run, name="alice-web", daemon=True)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
+                                       name="alice-web", daemon=True)
         self.thread.start()
         while not self.server.started:
             if not self.thread.is_alive():
@@ -127,6 +131,7 @@ def start(api: "AliceIndex", host: str = "127.0.0.1", port: int = 8765, *,
                           f"--token auto to have one made and printed")
     if token == "auto":
         token = secrets.token_urlsafe(24)
+    sock = listening(host, port)           # a port in use is one line, before anything else
     state = WebState(api, Path(os.path.expanduser(move_to or "~/alice-gpu-set-aside")).resolve(),
                      read_only, token)
     keeper = None
@@ -143,7 +148,23 @@ def start(api: "AliceIndex", host: str = "127.0.0.1", port: int = 8765, *,
     threading.Thread(target=warm, args=(api,), name="alice-warm", daemon=True).start()
     threading.Thread(target=state.groups.ensure, name="alice-groups-start",
                      daemon=True).start()
-    return Running(uvicorn.Server(config), state, keeper, url)
+    return Running(uvicorn.Server(config), state, keeper, url, sock)
+
+
+def listening(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here so that a port in use is a one-line error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                          f"(choose another with --port)") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def serve(api: "AliceIndex", host: str, port: int, *, read_only: bool = False,
