@@ -85,10 +85,15 @@ class FeatureConfig:
     embed: bool = True
     model: str = "efficientnet_lite0"
     precision: str = "auto"        # auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with it, fp16 on CUDA)
+    runtime: str = "auto"          # auto | torch | onnxruntime (auto: torch on CUDA, else the fastest installed)
+    threads: int = 0               # a CPU runtime's threads (0: every core this process may use)
 
     def validate(self) -> None:
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
                "features.precision must be auto, fp32, bf16 or fp16")
+        _check(self.runtime in ("auto", "torch", "onnxruntime"),
+               "features.runtime must be auto, torch or onnxruntime")
+        _check(self.threads >= 0, "features.threads must be >= 0")
 
 
 def threshold_problem(by: str, threshold: float) -> str | None:

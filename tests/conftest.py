@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -55,6 +56,16 @@ def near_dups() -> Path:
 @pytest.fixture(scope="session")
 def odd_files() -> Path:
     return shared("odd_files")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory) -> Iterator[Path]:
+    """One model cache for the whole session, never the user's (the ONNX export is made
+    once in it); set before any fixture of any scope runs."""
+    folder = tmp_path_factory.mktemp("model-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ALICE_GPU_CACHE", str(folder))
+        yield folder
 
 
 @pytest.fixture(autouse=True)

@@ -66,11 +66,17 @@ def test_index_with_nothing_to_do_does_not_import_torch(indexed):
     assert not torch_loaded
 
 
-def test_a_query_image_outside_the_index_does_import_torch(indexed, tmp_path):
-    """The probe has teeth: where a model must run, torch is there."""
+def test_a_query_image_outside_the_index_imports_torch_only_with_the_torch_runtime(indexed,
+                                                                                   tmp_path):
+    """The probe has teeth: where torch runs the model (``--runtime torch``), torch is
+    there; the default CPU runtime (ONNX Runtime) featurises without it."""
     media, db = indexed
     outside = tmp_path / "q.jpg"
     shutil.copy2(sorted(media.iterdir())[0], outside)
-    code, torch_loaded, out = _probe("similar", outside, "--db", db, "--json")
+    code, torch_loaded, out = _probe("similar", outside, "--db", db, "--json", "--runtime",
+                                     "torch")
     assert code == 0 and json.loads(out)["query_in_index"] is False
     assert torch_loaded
+    code, torch_loaded, out = _probe("similar", outside, "--db", db, "--json")
+    assert code == 0 and json.loads(out)["results"][0]["score"] > 0.999
+    assert not torch_loaded

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+from pathlib import Path
+
 import pytest
 from conftest import run_cli
 from PIL import Image

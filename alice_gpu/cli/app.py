@@ -58,12 +58,17 @@ def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise fail(str(exc), EXIT_USAGE) from None
 
 
-def open_api(db, config, profile: str | None = None):
-    """The Python API on the index ``--db`` names (or the default one)."""
+def open_api(db, config, profile: str | None = None, runtime: str | None = None):
+    """The Python API on the index ``--db`` names (or the default one); ``runtime``:
+    ``--runtime``, over the config's ``features.runtime``."""
     from ..api import open_index
     from ..config import load_config
 
-    return call(lambda: open_index(db, config=load_config(config, profile=profile)))
+    def opened():
+        cfg = load_config(config, profile=profile)
+        return open_index(db, config=cfg.with_overrides(features__runtime=runtime))
+
+    return call(opened)
 
 
 def _unexpected(exc: BaseException, argv: list[str], debug: bool) -> int:

@@ -15,7 +15,7 @@ from ..config import QUERY_KINDS
 from .app import EXIT_FAILED_FILES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, app, call, fail, \
     open_api
 from .options import (CONFIG, DB, DEVICE, F_CAMERA, F_FORMAT, F_IN, F_PROMPT, F_SINCE, F_SOURCE,
-                      F_MODEL, F_TAG, F_UNTIL, JSON, choice, filters, profiles)
+                      F_MODEL, F_TAG, F_UNTIL, JSON, RUNTIME, choice, filters, profiles)
 from .render import (Progress, console, emit_json, hex64, index_summary, say, show_path)
 
 # ------------------------------------------------------------------ index options
@@ -49,7 +49,7 @@ A_PATHS = typer.Argument(..., metavar="PATH...", help="Folders or files to index
 
 @app.command()
 def index(paths: List[Path] = A_PATHS, device: Optional[str] = DEVICE,
-          batch_size: Optional[int] = O_BATCH, workers: Optional[int] = O_WORKERS,
+          runtime: Optional[str] = RUNTIME, batch_size: Optional[int] = O_BATCH, workers: Optional[int] = O_WORKERS,
           no_embed: bool = O_NO_EMBED, retry_failed: bool = O_RETRY, prune: bool = O_PRUNE,
           decode: Optional[str] = O_DECODE, profile: Optional[str] = O_PROFILE,
           progress: str = O_PROGRESS, engine: str = O_ENGINE, address: Optional[str] = O_ADDRESS,
@@ -62,7 +62,7 @@ def index(paths: List[Path] = A_PATHS, device: Optional[str] = DEVICE,
     if engine != "ray" and (address is not None or gpus_per_worker is not None):
         raise typer.BadParameter("--address and --num-gpus-per-worker go with --engine ray",
                                  param_hint="'--engine'")
-    api = open_api(db, config, profile)
+    api = open_api(db, config, profile, runtime)
     from ..pipeline import Interrupted
 
     try:
@@ -99,7 +99,7 @@ O_BY = typer.Option("embedding", "--by", **choice("--by", QUERY_KINDS),
 
 @app.command()
 def similar(image: Path = A_IMAGE, k: Optional[int] = O_K, by: str = O_BY,
-            device: Optional[str] = DEVICE, tag: Optional[List[str]] = F_TAG,
+            device: Optional[str] = DEVICE, runtime: Optional[str] = RUNTIME, tag: Optional[List[str]] = F_TAG,
             source: Optional[str] = F_SOURCE, prompt: Optional[str] = F_PROMPT,
             camera: Optional[str] = F_CAMERA, since: Optional[str] = F_SINCE,
             until: Optional[str] = F_UNTIL, folder: Optional[Path] = F_IN,
@@ -108,7 +108,7 @@ def similar(image: Path = A_IMAGE, k: Optional[int] = O_K, by: str = O_BY,
             config: Optional[Path] = CONFIG) -> int:
     """Top-k look-alikes of one image, best first (among the files the filters keep)."""
     chosen = filters(tag, source, prompt, camera, since, until, folder, fmt, model)
-    api = open_api(db, config)
+    api = open_api(db, config, runtime=runtime)
     result = call(api.similar, str(image), k=k, by=by, device=device,
                   filters=None if chosen.empty() else chosen)
     if json_out:

@@ -11,7 +11,7 @@ import typer
 from ..config import DUPLICATE_KINDS, QUERY_KINDS, threshold_problem
 from .app import EXIT_FAILED_FILES, EXIT_OK, app, call, open_api
 from .options import (CONFIG, DB, DEVICE, F_CAMERA, F_FORMAT, F_IN, F_PROMPT, F_SINCE, F_SOURCE,
-                      F_MODEL, F_TAG, F_UNTIL, JSON, choice, filters)
+                      F_MODEL, F_TAG, F_UNTIL, JSON, RUNTIME, choice, filters)
 from .render import console, duplicates_text, emit_csv, emit_json, moves_text, say, show_path
 
 O_BY = typer.Option("tiered", "--by", **choice("--by", DUPLICATE_KINDS),
@@ -152,13 +152,13 @@ A_TRUTH = typer.Argument(..., metavar="GROUND_TRUTH.csv",
 def evaluate(ground_truth: Path = A_TRUTH, by: str = O_BY,
              threshold: Optional[float] = O_THRESHOLD, similar_by: str = O_SIMILAR_BY,
              no_index: bool = O_NO_INDEX, device: Optional[str] = DEVICE,
-             db: Optional[Path] = DB, json_out: bool = JSON,
+             runtime: Optional[str] = RUNTIME, db: Optional[Path] = DB, json_out: bool = JSON,
              config: Optional[Path] = CONFIG) -> int:
     """Score duplicates and similar against a ground truth, overall and per transform."""
     problem = None if threshold is None else threshold_problem(by, threshold)
     if problem:
         raise typer.BadParameter(problem, param_hint="'--threshold'")
-    api = open_api(db, config)
+    api = open_api(db, config, runtime=runtime)
     from ..pipeline import Interrupted
 
     try:

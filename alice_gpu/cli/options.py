@@ -59,6 +59,10 @@ DEVICE = typer.Option(None, "--device", parser=_device, metavar="[auto|cpu|cuda|
                       autocompletion=_device_completion,
                       help="Where to compute (default: the config's device, auto).")
 
+RUNTIME = typer.Option(None, "--runtime", **choice("--runtime", ("auto", "torch", "onnxruntime")),
+                       help="What runs the embedding network (default: the config's, auto: "
+                            "torch on CUDA, else the fastest installed CPU runtime).")
+
 # the find filters, shared by find, tag, similar and duplicates
 F_TAG = typer.Option(None, "--tag", help="Only files with this tag (repeat: all of them).")
 F_SOURCE = typer.Option(None, "--source", help="Only files from this generator: "

@@ -143,7 +143,10 @@ def index_summary(summary, folder: Path, db: Path | None) -> None:
     if summary.driver_files:
         rows.append(("done by the driver", summary.driver_files))
     rows += [("seconds", f"{summary.seconds:.2f}"), ("files/s", f"{summary.files_per_second:.1f}"),
-             ("device", summary.device), ("workers", summary.workers),
+             ("device", summary.device)]
+    if summary.runtime and summary.runtime != "none":
+        rows.append(("runtime", summary.runtime))
+    rows += [("workers", summary.workers),
              ("batch size", summary.batch_size), ("index", show_path(str(folder)))]
     for label, value in rows:
         table.add_row(label, Text(str(value)))

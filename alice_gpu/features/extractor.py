@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -21,28 +20,10 @@ from ..gpu.devices import free_cached_memory, is_out_of_memory, model_batch_size
 from ..gpu.staging import Stager
 from .hashes_torch import compute_hashes, to_uint64
 from .models import EmbeddingModel, create_model
+from .batch import Features, Pending
 from .clock import StageClock
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class Features:
-    """One image's result; ``error`` is set (and the rest None) when it failed on the device."""
-
-    hashes: dict[str, int] | None
-    embedding: np.ndarray | None
-    error: str | None = None
-
-
-class Pending:
-    """Features of one batch, launched on the device; ``result()`` waits for them."""
-
-    def __init__(self, finish):
-        self._finish = finish
-
-    def result(self) -> list[Features]:
-        return self._finish()
 
 
 class FeatureExtractor:
@@ -53,6 +34,8 @@ class FeatureExtractor:
     ``extract`` is submit + result. A CUDA out-of-memory error halves the batch
     (and the CNN's micro-batch) and retries; it never marks files failed.
     """
+
+    runtime = "torch"
 
     def __init__(self, device: torch.device, model: EmbeddingModel | None):
         self.device = device

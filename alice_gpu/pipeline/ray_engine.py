@@ -123,6 +123,10 @@ class RayEngine:
         ray = self._connect()
         self.cfg = cfg
         self.device, self.gpus = self._device(cfg, ray)
+        from ..features.runtimes import resolve_runtime
+
+        self.runtime = resolve_runtime(cfg.features.runtime, self.device or "cpu") \
+            if cfg.features.embed else "none"
         return self
 
     def _connect(self) -> Any:

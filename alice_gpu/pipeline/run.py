@@ -67,6 +67,7 @@ class IndexSummary:
     pending: int = 0
     interrupted: bool = False
     device: str = "cpu"
+    runtime: str = ""               # what ran the embedding network ("none": no embeddings)
     workers: int = 1
     batch_size: int = 0
     run_id: int | None = None
@@ -228,6 +229,7 @@ class _IndexJob:
         s, w = self.summary, self.writer
         failed_rows = w.failed_rows if w is not None else []
         s.device = self.engine.name
+        s.runtime = getattr(self.engine, "runtime", "")
         s.reused = self.hits
         s.interrupted = self.stop.is_set()
         s.pending = self.total - self.done

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Protocol, Sequence
 
 from ..config import Config
 from ..decode import DecodePlan, Known
-from ..errors import QueryError
+from ..errors import ConfigError, QueryError
 from ..features.stage import Featuriser
 from ..records import AssetRecord, Decoded, FileEntry
 
@@ -92,6 +92,11 @@ def make_featuriser(cfg: Config, device: "torch.device | str | None" = None,
     if not cfg.features.embed and cfg.performance.parallel_hash_computation:
         plain = device if device is not None and not isinstance(device, str) else None
         return Featuriser(None, decode_plan(cfg, plain), False, timer)
+    runtime = cpu_runtime(cfg, device)
+    if runtime is not None:                  # the CPU, without torch
+        return Featuriser.create(None, cfg.features.model if cfg.features.embed else None,
+                                 decode_plan(cfg, "cpu"), "fp32", timer, runtime,
+                                 cfg.features.threads or None)
     from ..gpu.devices import resolve_precision, select_device
 
     dev = device if device is not None and not isinstance(device, str) else \
@@ -99,6 +104,21 @@ def make_featuriser(cfg: Config, device: "torch.device | str | None" = None,
     return Featuriser.create(dev, cfg.features.model if cfg.features.embed else None,
                              decode_plan(cfg, dev), resolve_precision(dev, cfg.features.precision),
                              timer)
+
+
+def cpu_runtime(cfg: Config, device: Any = None) -> str | None:
+    """The CPU runtime that embeds for ``cfg`` on ``device`` (None: torch does), chosen in
+    :mod:`~alice_gpu.features.runtimes`; only embeddings go to it (hashes that a plan
+    leaves to the features stage are the workers' numpy ones)."""
+    from ..features.runtimes import resolve_runtime
+
+    runtime = resolve_runtime(cfg.features.runtime, device or cfg.device)
+    if runtime == "torch" or not cfg.features.embed:
+        return None
+    if cfg.features.precision not in ("auto", "fp32"):
+        raise ConfigError(f"features.precision {cfg.features.precision} is torch's; "
+                          f"{runtime} runs fp32 (--runtime torch for {cfg.features.precision})")
+    return runtime
 
 
 # features stages kept for the life of the process (a server's model stays resident)
@@ -133,10 +153,20 @@ def featurise_outside(cfg: Config, model: str, embedded_index: bool, want_embedd
 
 
 def _featuriser_for(made: Config, model: str, want_embedding: bool) -> Featuriser:
-    """The features stage for a query, made once per process and kept."""
+    """The features stage for a query, made once per process and kept; embeddings by
+    the CPU runtime (a cold CLI then pays neither torch's import nor a model build)."""
     cpu_plan = decode_plan(made, "cpu" if made.features.embed else None)
     if not want_embedding and cpu_plan.hash_in_worker:
         return Featuriser(None, cpu_plan, False)
+    runtime = cpu_runtime(made.with_overrides(features__embed=want_embedding), "cpu") \
+        if made.device in ("auto", "cpu") else None
+    if runtime is not None:
+        key = (model, runtime, made.features.threads, cpu_plan)
+        with _RESIDENT_LOCK:
+            if key not in _RESIDENT:
+                _RESIDENT[key] = Featuriser.create(None, model, cpu_plan, "fp32", None, runtime,
+                                                   made.features.threads or None)
+            return _RESIDENT[key]
     from ..gpu.devices import resolve_precision, select_device
 
     dev = select_device(made.device)

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from .filters import Filters
 
 
+SMALL_ID_LIST = 2048    # ids looked up as a list parameter; more go through an Arrow table
+
+
 class Reads:
     """The read side of :class:`~alice_gpu.store.Store` (a mixin over its connection)."""
 
@@ -121,6 +124,10 @@ class Reads:
         ids = [int(i) for i in ids]
         if not ids:
             return {}
+        if len(ids) <= SMALL_ID_LIST:      # a query's k results: no pyarrow import for them
+            cur = self.con.execute(f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets WHERE id IN "
+                                   f"(SELECT unnest(?::BIGINT[]))", [ids])
+            return {row[0]: _row(row) for row in cur.fetchall()}
         with registered(self.con, "_q", id=(ids, "int64")):
             cur = self.con.execute(f"SELECT {', '.join('a.' + c for c in ASSET_COLUMNS)} "
                                    f"FROM assets a JOIN _q USING (id)")
