@@ -66,6 +66,7 @@ def _serves(args: list[str]) -> None:
     import signal
     import subprocess
     import sys
+    import threading
 
     exe = shutil.which("alice-gpu") or os.path.join(os.path.dirname(sys.executable),
                                                      "alice-gpu")
@@ -83,8 +84,9 @@ def _serves(args: list[str]) -> None:
                 con.request("GET", "/api/stats")
                 assert con.getresponse().status == 200
                 break
-            except ConnectionRefusedError:
+            except ConnectionRefusedError:       # it listens a moment after the URL
                 assert proc.poll() is None, proc.stderr.read()
+                threading.Event().wait(0.05)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)

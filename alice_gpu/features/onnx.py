@@ -147,9 +147,9 @@ class OnnxEmbedder:
             path.unlink(missing_ok=True)
             self.session = self._session(ort, model_file(name, announce))
         self.input = self.session.get_inputs()[0].name
-        mean = np.asarray(self.cfg.mean, np.float32) * 255.0
-        self.scale = (1.0 / (255.0 * np.asarray(self.cfg.std, np.float32))).reshape(1, 3, 1, 1)
-        self.shift = (mean / 255.0 / np.asarray(self.cfg.std, np.float32)).reshape(1, 3, 1, 1)
+        std = np.asarray(self.cfg.std, np.float32)       # (x / 255 - mean) / std, as x*a - b
+        self.scale = (1.0 / (255.0 * std)).reshape(1, 3, 1, 1)
+        self.shift = (np.asarray(self.cfg.mean, np.float32) / std).reshape(1, 3, 1, 1)
 
     def _session(self, ort, path: Path):
         options = ort.SessionOptions()
