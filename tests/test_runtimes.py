@@ -71,9 +71,13 @@ def test_the_model_file_is_cached_and_made_again_when_corrupt_or_stale(tmp_path,
     spoiled.write_bytes(b"not a model")
     stale = tmp_path / "onnx" / "efficientnet_lite0-0000000000000000-torch0-ort0-opset1.onnx"
     stale.write_bytes(b"an older export")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    orphan = tmp_path / "onnx" / f".efficientnet_lite0-{gone}-abc123.onnx"  # killed mid-export
+    orphan.write_bytes(b"half")
     embedder = onnx.OnnxEmbedder("efficientnet_lite0", 1, announce=said.append)
     assert said and "exporting" in said[0] and spoiled.stat().st_size > 1_000_000
-    assert not stale.exists() and embedder.embed([np.zeros((256, 256, 3), np.uint8)]).shape == (
+    assert not stale.exists() and not orphan.exists() and embedder.embed([np.zeros((256, 256, 3), np.uint8)]).shape == (
         1, 1280)
     assert not [p for p in (tmp_path / "onnx").iterdir() if p.name.startswith(".")]
 

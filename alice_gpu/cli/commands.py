@@ -5,6 +5,7 @@ Each command parses, calls :mod:`alice_gpu.api`, and renders; nothing else lives
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Callable, List, Optional
@@ -330,4 +331,9 @@ def serve(db: Optional[Path] = DB, host: str = O_HOST, port: int = O_PORT,
     api = open_api(db, config)
     call(run_server, api, host, port, read_only=read_only, token=token, move_to=move_to,
          open_browser=open_browser, announce=lambda url: say(f"alice-gpu serve: {url}"))
-    return EXIT_OK
+    # stopped, and the index let go: the process ends here. Threads still at work (a
+    # model export, a groups computation, the upload decoder's pool) may be inside
+    # native code, where ending the interpreter under them hangs or aborts (SIGABRT)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_OK)

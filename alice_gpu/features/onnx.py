@@ -96,7 +96,8 @@ def export_file(name: str, cfg: PretrainedCfg, folder: Path, path: Path,
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ModelError(f"cannot write the model cache {folder}: {exc.strerror}") from None
-    fd, tmp = tempfile.mkstemp(prefix=f".{name}-", suffix=".onnx", dir=folder)
+    _drop_orphans(folder, name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}-{os.getpid()}-", suffix=".onnx", dir=folder)
     os.close(fd)
     try:
         _export(name, cfg, tmp)
@@ -104,6 +105,18 @@ def export_file(name: str, cfg: PretrainedCfg, folder: Path, path: Path,
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _drop_orphans(folder: Path, name: str) -> None:
+    """Half-written exports of processes that are gone (killed mid-export)."""
+    for tmp in folder.glob(f".{name}-*-*.onnx"):
+        try:
+            pid = int(tmp.name.split("-")[-2])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except (ValueError, IndexError, PermissionError):
+            continue
 
 
 def _export(name: str, cfg: PretrainedCfg, out: str) -> None:
