@@ -85,8 +85,8 @@ class FeatureConfig:
     embed: bool = True
     model: str = "efficientnet_lite0"
     precision: str = "auto"        # auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with it, fp16 on CUDA)
-    runtime: str = "auto"          # auto | torch | onnxruntime (auto: torch on CUDA, else the fastest installed)
-    threads: int = 0               # a CPU runtime's threads (0: every core this process may use)
+    runtime: str = "auto"          # auto | torch | onnxruntime (auto: torch on CUDA, else fastest)
+    threads: int = 0               # a CPU runtime's threads (0: every core the process may use)
 
     def validate(self) -> None:
         _check(self.precision in ("auto", "fp32", "bf16", "fp16"),

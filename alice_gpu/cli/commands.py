@@ -50,7 +50,8 @@ A_PATHS = typer.Argument(..., metavar="PATH...", help="Folders or files to index
 
 @app.command()
 def index(paths: List[Path] = A_PATHS, device: Optional[str] = DEVICE,
-          runtime: Optional[str] = RUNTIME, batch_size: Optional[int] = O_BATCH, workers: Optional[int] = O_WORKERS,
+          runtime: Optional[str] = RUNTIME,
+          batch_size: Optional[int] = O_BATCH, workers: Optional[int] = O_WORKERS,
           no_embed: bool = O_NO_EMBED, retry_failed: bool = O_RETRY, prune: bool = O_PRUNE,
           decode: Optional[str] = O_DECODE, profile: Optional[str] = O_PROFILE,
           progress: str = O_PROGRESS, engine: str = O_ENGINE, address: Optional[str] = O_ADDRESS,
@@ -100,7 +101,8 @@ O_BY = typer.Option("embedding", "--by", **choice("--by", QUERY_KINDS),
 
 @app.command()
 def similar(image: Path = A_IMAGE, k: Optional[int] = O_K, by: str = O_BY,
-            device: Optional[str] = DEVICE, runtime: Optional[str] = RUNTIME, tag: Optional[List[str]] = F_TAG,
+            device: Optional[str] = DEVICE, runtime: Optional[str] = RUNTIME,
+            tag: Optional[List[str]] = F_TAG,
             source: Optional[str] = F_SOURCE, prompt: Optional[str] = F_PROMPT,
             camera: Optional[str] = F_CAMERA, since: Optional[str] = F_SINCE,
             until: Optional[str] = F_UNTIL, folder: Optional[Path] = F_IN,
