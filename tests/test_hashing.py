@@ -75,6 +75,16 @@ def test_gray_matches_pillow_luma(device):
     assert np.array_equal(ours, np.asarray(Image.fromarray(rgb).convert("L")).astype(np.float32))
 
 
+def test_numpy_gray_is_the_integer_luma_formula():
+    """The workers' luma (Pillow's convert, per image) equals the formula bit for bit,
+    on every value of each channel and on a batch with leading dimensions."""
+    rng = np.random.default_rng(7)
+    rgb = rng.integers(0, 256, (2, 3, 64, 64, 3), dtype=np.uint8)
+    rgb[0, 0, 0, :, 0] = rgb[0, 0, 1, :, 1] = rgb[0, 0, 2, :, 2] = np.arange(64) * 4 + 3
+    assert np.array_equal(hashing_cpu.to_gray(rgb), hashing_cpu.luma_reference(rgb))
+    assert np.array_equal(hashing_cpu.to_gray(rgb[0, 0]), hashing_cpu.luma_reference(rgb[0, 0]))
+
+
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("name", sorted(HASHES))
 def test_golden_against_imagehash_on_working_size_images(impl, name):

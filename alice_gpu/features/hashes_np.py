@@ -15,6 +15,7 @@ from functools import lru_cache
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 from ..decode.blocks import lanczos_rows
 from ..records import ORIENT_KEYS, ORIENTATIONS, STATUS_OK, Decoded
@@ -74,7 +75,23 @@ def dct_matrix(n: int, keep: int) -> np.ndarray:
 
 
 def to_gray(rgb: np.ndarray) -> np.ndarray:
-    """(..., H, W, 3) uint8 → float64 (..., H, W) with Pillow's integer luma."""
+    """(..., H, W, 3) uint8 → float64 (..., H, W) with Pillow's integer luma.
+
+    Pillow's own ``convert("L")`` per image: the same integer formula as
+    :func:`luma_reference`, in C, about 8x faster than numpy's integer arithmetic
+    (which has no BLAS path); the decode workers pay it for every file.
+    """
+    if rgb.dtype != np.uint8:
+        return luma_reference(rgb)
+    frames = rgb.reshape(-1, *rgb.shape[-3:])
+    out = np.empty(frames.shape[:-1], dtype=np.float64)
+    for i, frame in enumerate(frames):
+        out[i] = Image.fromarray(np.ascontiguousarray(frame), "RGB").convert("L")
+    return out.reshape(rgb.shape[:-1])
+
+
+def luma_reference(rgb: np.ndarray) -> np.ndarray:
+    """Pillow's integer luma, (R*19595 + G*38470 + B*7471 + 0x8000) >> 16, in numpy."""
     luma = (rgb.astype(np.int32) @ _WEIGHTS + 0x8000) >> 16
     return luma.astype(np.float64)
 
