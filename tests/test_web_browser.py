@@ -61,9 +61,22 @@ def shot(browser, name: str) -> None:
 
 
 def wait(browser, condition, seconds: float = 120):
+    """Until ``condition`` holds; an element the page replaced while it was read (the
+    grid re-rendered by a filter) is read again at the next poll, not a failure."""
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, seconds, poll_frequency=0.1).until(condition)
+    def settled(b):
+        try:
+            return condition(b)
+        except StaleElementReferenceException:
+            return False
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return False
+            raise
+
+    return WebDriverWait(browser, seconds, poll_frequency=0.1).until(settled)
 
 
 def page(browser, client, path: str) -> None:
