@@ -84,13 +84,14 @@ class FeatureConfig:
 
     embed: bool = True
     model: str = "efficientnet_lite0"
-    precision: str = "auto"        # auto | fp32 | bf16 | fp16 (auto: bf16 on CPUs with it, fp16 on CUDA)
+    # auto | fp32 | bf16 | fp16 (torch; auto: bf16 on CPUs with it, fp16 on CUDA) | int8 (onnxruntime)
+    precision: str = "auto"
     runtime: str = "auto"          # auto | torch | onnxruntime (auto: torch on CUDA, else fastest)
     threads: int = 0               # a CPU runtime's threads (0: every core the process may use)
 
     def validate(self) -> None:
-        _check(self.precision in ("auto", "fp32", "bf16", "fp16"),
-               "features.precision must be auto, fp32, bf16 or fp16")
+        _check(self.precision in ("auto", "fp32", "bf16", "fp16", "int8"),
+               "features.precision must be auto, fp32, bf16, fp16 or int8")
         _check(self.runtime in ("auto", "torch", "onnxruntime"),
                "features.runtime must be auto, torch or onnxruntime")
         _check(self.threads >= 0, "features.threads must be >= 0")

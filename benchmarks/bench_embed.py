@@ -5,7 +5,9 @@
 The same photos (``photo_collection``, decoded by the project's decoder at the working
 size) go through each installed runtime: torch eager as the project runs it (BN fused,
 channels_last, fp32) and ONNX Runtime fp32 (the cached export). Passes are interleaved
-(runtime A, B, A, B...), each the median of its batches after warm-up ones. It prints,
+(runtime A, B, A, B...), each the median of its batches after warm-up ones. ONNX
+Runtime int8 (``features.precision: int8``) is measured too; its share of the peak is
+against the fp32 peak, so it can pass 100%. It prints,
 per runtime and batch: images/s, MACs per image (counted with forward hooks on every
 convolution and linear layer), the share of the fp32 peak, and the cosine of the
 embeddings to torch fp32 (min and median over the photos).
@@ -32,7 +34,6 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 PHOTOS = REPO.parent / "shared" / "data" / "photo_collection" / "images"
-RESULTS = REPO / "benchmarks" / "RESULTS.md"
 
 
 def tempfile_dir() -> str:
@@ -113,6 +114,8 @@ def runners(threads: int) -> dict:
         from alice_gpu.features.onnx import OnnxEmbedder
 
         out["onnxruntime"] = OnnxEmbedder("efficientnet_lite0", threads, announce=print).embed
+        out["onnxruntime-int8"] = OnnxEmbedder("efficientnet_lite0", threads, announce=print,
+                                               precision="int8").embed
     return out, model
 
 
@@ -166,8 +169,12 @@ def whole_index(folders: dict[str, Path], runtimes: list[str], passes: int) -> d
         for p in range(passes):
             for runtime in runtimes:
                 db = Path(tempfile.mkdtemp(prefix="bench-embed-"))
+                how = ["--runtime", runtime]
+                if runtime == "int8":                  # features.precision: int8
+                    (db / "int8.yaml").write_text("features:\n  precision: int8\n")
+                    how = ["--runtime", "onnxruntime", "--config", str(db / "int8.yaml")]
                 done = subprocess.run([*exe, "index", str(folder), "--db", str(db / "db"),
-                                       "--device", "cpu", "--runtime", runtime, "--json",
+                                       "--device", "cpu", *how, "--json",
                                        "--progress", "none"], capture_output=True, text=True)
                 shutil.rmtree(db, ignore_errors=True)
                 assert done.returncode == 0, done.stderr[-2000:]
@@ -194,6 +201,8 @@ def main() -> None:
     ap.add_argument("--fma-units", type=int, default=2)
     ap.add_argument("--whole", type=int, default=0, metavar="N",
                     help="also time whole index runs: the photos, and N files made from them")
+    ap.add_argument("--int8", action="store_true",
+                    help="with --whole: also time index runs with features.precision: int8")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--write", action="store_true", help="record the figures in RESULTS.md")
     args = ap.parse_args()
@@ -231,18 +240,13 @@ def main() -> None:
     if args.whole:
         made = variants(Path(tempfile_dir()) / f"alice-variants-{args.whole}", args.whole)
         doc["whole_index"] = whole_index({"photos": PHOTOS, f"variants{args.whole}": made},
-                                         ["auto", "torch"], args.passes)
+                                         ["auto", "torch", *(["int8"] if args.int8 else [])],
+                                         args.passes)
     print(json.dumps(doc, indent=1) if args.json else json.dumps(doc))
     if args.write:
-        text = RESULTS.read_text()
-        key = "<!-- embed -->"
-        block = f"{key}\n```json\n{json.dumps(doc, indent=1)}\n```\n{key}"
-        if key in text:
-            head, _, rest = text.partition(key)
-            text = head + block + rest.partition(key)[2]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        RESULTS.write_text(text)
+        from results import record
+
+        record("embed", doc)
 
 
 if __name__ == "__main__":

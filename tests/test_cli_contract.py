@@ -12,7 +12,7 @@ INDEX_KEYS = {"files_seen", "decoded", "unchanged", "failed", "removed", "second
               "files_per_second", "embedded", "reused", "removals_held", "pending",
               "interrupted", "device", "workers", "batch_size", "run_id", "failed_files",
               "metrics",
-              "driver_files", "skipped", "runtime"}   # added later: the document only grows
+              "driver_files", "skipped", "runtime", "space"}   # added later: the document only grows
 METRIC_KEYS = {"files_processed", "processing_time", "average_file_time", "memory_usage_mb",
                "cache_hit_rate", "cache_hits", "batch_efficiency", "batches", "stage_seconds"}
 STAGES = {"discover", "decode", "transfer", "compute", "write"}
@@ -21,7 +21,8 @@ MATCH_KEYS = {"path", "score", "id", "distance"}
 DUPLICATES_KEYS = {"by", "threshold", "groups", "thresholds", "tiers"}
 MEMBER_KEYS = {"path", "id", "width", "height", "size", "tier", "score", "transform", "distance"}
 STATS_KEYS = {"assets", "failed", "embedded", "bytes", "formats", "last_run", "failed_files", "db",
-              "by_source", "by_year", "failures_by_reason", "index_bytes"}   # added later
+              "by_source", "by_year", "failures_by_reason", "index_bytes",   # added later
+              "model", "space"}
 LAST_RUN_KEYS = {"id", "finished_at", "files_seen", "decoded", "unchanged", "failed", "removed",
                  "seconds"}
 

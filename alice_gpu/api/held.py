@@ -84,7 +84,7 @@ class HeldIndex:
 
             row = getattr(self._request, "outside", None)
             if row is None:
-                raise NeedsFeature(view.model, view.embedding_count() > 0)
+                raise NeedsFeature(view.model, view.embedding_count() > 0, view.space)
             return AssetRecord(path=path, size=0, mtime_ns=0, status=row["status"],
                                error=row.get("error"), hashes=row.get("hashes") or {},
                                embedding=row.get("embedding"))

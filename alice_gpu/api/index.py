@@ -148,8 +148,11 @@ class AliceIndex(Catalog, Media):
 
     @staticmethod
     def _index_into(store, vectors, roots, cfg, dev, progress, retry_failed, prune, engine):
+        from ..features.quantize import embedding_space
         from ..pipeline import run_index
 
+        if cfg.features.embed:      # never two embedding spaces in one index
+            store.claim_space(embedding_space(cfg.features.precision))
         summary = run_index(store, vectors, roots, cfg, dev, progress, retry_failed, prune,
                             engine=engine)
         if cfg.metadata.auto_tags:
@@ -230,7 +233,7 @@ class AliceIndex(Catalog, Media):
         from ..pipeline.stages import featurise_outside
 
         return featurise_outside(cfg, store.model, store.embedding_count() > 0,
-                                 by == "embedding", isolated)
+                                 by == "embedding", isolated, store.space)
 
     @routed
     def duplicates(self, *, by: str = "tiered", threshold: float | None = None,

@@ -173,6 +173,7 @@ def _outside(api: "AliceIndex", params: dict, need: "NeedsFeature") -> dict[str,
     cfg = api.config.with_overrides(device=params.get("device"))
     by = params.get("by", "embedding")
     row = featurise_outside(cfg, need.model, need.embedded, by == "embedding",
-                            bool(params.get("isolated")))(normalize_path(params["image"]))
+                            bool(params.get("isolated")), need.space)(
+        normalize_path(params["image"]))
     return {"status": row.status, "error": row.error, "hashes": row.hashes,
             "embedding": row.embedding}

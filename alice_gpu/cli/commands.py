@@ -225,6 +225,8 @@ def stats(db: Optional[Path] = DB, json_out: bool = JSON,
                   box=None)
     for key in ("assets", "failed", "embedded", "bytes"):
         table.add_row(key, f"{info[key]:,}")
+    if info["embedded"]:
+        table.add_row("embeddings", f"{info['model']}, {info['space']}")
     table.add_row("formats", Text(", ".join(f"{k} {v}" for k, v in info["formats"].items())
                                   or "-"))
     last = info["last_run"]

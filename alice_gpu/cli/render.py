@@ -145,7 +145,7 @@ def index_summary(summary, folder: Path, db: Path | None) -> None:
     rows += [("seconds", f"{summary.seconds:.2f}"), ("files/s", f"{summary.files_per_second:.1f}"),
              ("device", summary.device)]
     if summary.runtime and summary.runtime != "none":
-        rows.append(("runtime", summary.runtime))
+        rows.append(("runtime", summary.runtime + (" (int8)" if summary.space == "int8" else "")))
     rows += [("workers", summary.workers),
              ("batch size", summary.batch_size), ("index", show_path(str(folder)))]
     for label, value in rows:

@@ -146,23 +146,33 @@ class OnnxEmbedder:
     """uint8 HWC working images in, L2-normalised float32 embeddings out."""
 
     def __init__(self, name: str, threads: int | None = None,
-                 announce: Callable[[str], None] | None = None):
+                 announce: Callable[[str], None] | None = None, precision: str = "fp32"):
         import onnxruntime as ort
 
+        if precision not in ("fp32", "int8"):
+            raise ModelError(f"onnxruntime runs fp32 or int8, not {precision}")
         self.cfg, _ = _cfg_and_weights(name)
-        self.name, self.threads = name, threads or default_threads()
-        path = model_file(name, announce)
-        try:
-            self.session = self._session(ort, path)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own kinds
-            log.warning("the cached model %s is unreadable (%s): exporting it again", path,
-                        str(exc).splitlines()[0][:200])
-            path.unlink(missing_ok=True)
-            self.session = self._session(ort, model_file(name, announce))
-        self.input = self.session.get_inputs()[0].name
+        self.name, self.threads, self.precision = name, threads or default_threads(), precision
         std = np.asarray(self.cfg.std, np.float32)       # (x / 255 - mean) / std, as x*a - b
         self.scale = (1.0 / (255.0 * std)).reshape(1, 3, 1, 1)
         self.shift = (np.asarray(self.cfg.mean, np.float32) / std).reshape(1, 3, 1, 1)
+        path = self._file(announce)
+        try:
+            self.session = self._session(ort, path)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own kinds
+            log.warning("the cached model %s is unreadable (%s): making it again", path,
+                        str(exc).splitlines()[0][:200])
+            path.unlink(missing_ok=True)
+            self.session = self._session(ort, self._file(announce))
+        self.input = self.session.get_inputs()[0].name
+
+    def _file(self, announce: Callable[[str], None] | None) -> Path:
+        path = model_file(self.name, announce)
+        if self.precision == "int8":
+            from .quantize import int8_file
+
+            path = int8_file(path, self.preprocess, announce)
+        return path
 
     def _session(self, ort, path: Path):
         options = ort.SessionOptions()
@@ -231,8 +241,10 @@ class OnnxExtractor:
         self.lock = threading.Lock()
 
     @classmethod
-    def create(cls, model_name: str | None, threads: int | None = None) -> "OnnxExtractor":
-        return cls(OnnxEmbedder(model_name, threads) if model_name else None)
+    def create(cls, model_name: str | None, threads: int | None = None,
+               precision: str = "fp32") -> "OnnxExtractor":
+        return cls(OnnxEmbedder(model_name, threads, precision=precision) if model_name
+                   else None)
 
     def submit(self, pixels: Sequence[np.ndarray], hashes: bool = True, embed: bool = True,
                timer: "StageClock | None" = None) -> Pending:

@@ -48,7 +48,7 @@ class Featuriser:
         if runtime == "onnxruntime":
             from .onnx import OnnxExtractor
 
-            extractor = OnnxExtractor.create(model_name, threads)
+            extractor = OnnxExtractor.create(model_name, threads, precision)
         elif runtime != "torch":
             from ..errors import ConfigError
 

@@ -68,6 +68,7 @@ class IndexSummary:
     interrupted: bool = False
     device: str = "cpu"
     runtime: str = ""               # what ran the embedding network ("none": no embeddings)
+    space: str = ""                 # the embedding space written: fp32 or int8 ("" without)
     workers: int = 1
     batch_size: int = 0
     run_id: int | None = None
@@ -230,6 +231,7 @@ class _IndexJob:
         failed_rows = w.failed_rows if w is not None else []
         s.device = self.engine.name
         s.runtime = getattr(self.engine, "runtime", "")
+        s.space = self.store.space if self.cfg.features.embed else ""
         s.reused = self.hits
         s.interrupted = self.stop.is_set()
         s.pending = self.total - self.done

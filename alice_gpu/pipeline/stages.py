@@ -95,7 +95,7 @@ def make_featuriser(cfg: Config, device: "torch.device | str | None" = None,
     runtime = cpu_runtime(cfg, device)
     if runtime is not None:                  # the CPU, without torch
         return Featuriser.create(None, cfg.features.model if cfg.features.embed else None,
-                                 decode_plan(cfg, "cpu"), "fp32", timer, runtime,
+                                 decode_plan(cfg, "cpu"), cpu_precision(cfg), timer, runtime,
                                  cfg.features.threads or None)
     from ..gpu.devices import resolve_precision, select_device
 
@@ -113,12 +113,33 @@ def cpu_runtime(cfg: Config, device: Any = None) -> str | None:
     from ..features.runtimes import resolve_runtime
 
     runtime = resolve_runtime(cfg.features.runtime, device or cfg.device)
-    if runtime == "torch" or not cfg.features.embed:
+    precision = cfg.features.precision
+    if not cfg.features.embed:
         return None
-    if cfg.features.precision not in ("auto", "fp32"):
-        raise ConfigError(f"features.precision {cfg.features.precision} is torch's; "
-                          f"{runtime} runs fp32 (--runtime torch for {cfg.features.precision})")
+    if runtime == "torch":
+        if precision == "int8":
+            raise ConfigError("features.precision int8 runs on onnxruntime, on the CPU "
+                              "(--runtime onnxruntime --device cpu)")
+        return None
+    if precision not in ("auto", "fp32", "int8"):
+        raise ConfigError(f"features.precision {precision} is torch's; "
+                          f"{runtime} runs fp32 or int8 (--runtime torch for {precision})")
     return runtime
+
+
+def cpu_precision(cfg: Config) -> str:
+    """What a CPU runtime runs for ``cfg``: int8 when asked for, else fp32."""
+    return "int8" if cfg.features.precision == "int8" else "fp32"
+
+
+def in_space(cfg: Config, space: str) -> Config:
+    """``cfg`` for a query of an index whose vectors live in ``space``: the query image
+    is embedded in that space, whatever the configured precision."""
+    if space == "int8":
+        return cfg.with_overrides(features__precision="int8")
+    if cfg.features.precision == "int8":
+        return cfg.with_overrides(features__precision="auto")
+    return cfg
 
 
 # features stages kept for the life of the process (a server's model stays resident)
@@ -127,13 +148,15 @@ _RESIDENT_LOCK = threading.Lock()
 
 
 def featurise_outside(cfg: Config, model: str, embedded_index: bool, want_embedding: bool,
-                      isolated: bool = False) -> Callable[[str], AssetRecord]:
+                      isolated: bool = False, space: str = "fp32"
+                      ) -> Callable[[str], AssetRecord]:
     """A file outside the index to its row, made the way the index made its rows: the
     decode plan of a run with (or, for a hash-only index, without) embeddings, and the
     same stage callables. Hashes alone are computed in numpy here (no torch) wherever a
     CPU run computes them in its workers. ``isolated``: decoded in a worker process (a
-    file from a stranger: an upload), which a decoder's crash cannot take down."""
-    made = cfg.with_overrides(features__embed=embedded_index or want_embedding,
+    file from a stranger: an upload), which a decoder's crash cannot take down. ``space``:
+    the index's embedding space (the query is embedded in it)."""
+    made = in_space(cfg, space).with_overrides(features__embed=embedded_index or want_embedding,
                               features__model=model, decode__engine="cpu",
                               metadata__extract=False)
 
@@ -158,14 +181,18 @@ def _featuriser_for(made: Config, model: str, want_embedding: bool) -> Featurise
     cpu_plan = decode_plan(made, "cpu" if made.features.embed else None)
     if not want_embedding and cpu_plan.hash_in_worker:
         return Featuriser(None, cpu_plan, False)
+    int8 = made.features.precision == "int8"      # an int8 index: its queries too
+    if int8:
+        made = made.with_overrides(device="cpu", features__runtime="onnxruntime")
     runtime = cpu_runtime(made.with_overrides(features__embed=want_embedding), "cpu") \
         if made.device in ("auto", "cpu") else None
     if runtime is not None:
-        key = (model, runtime, made.features.threads, cpu_plan)
+        precision = cpu_precision(made)
+        key = (model, runtime, precision, made.features.threads, cpu_plan)
         with _RESIDENT_LOCK:
             if key not in _RESIDENT:
-                _RESIDENT[key] = Featuriser.create(None, model, cpu_plan, "fp32", None, runtime,
-                                                   made.features.threads or None)
+                _RESIDENT[key] = Featuriser.create(None, model, cpu_plan, precision, None,
+                                                   runtime, made.features.threads or None)
             return _RESIDENT[key]
     from ..gpu.devices import resolve_precision, select_device
 

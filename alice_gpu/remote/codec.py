@@ -99,9 +99,9 @@ class NeedsFeature(errors.QueryError):
     """The query image is not in the index: the client makes its features (as the
     index made its rows: ``model``, and whether the index has embeddings) and asks again."""
 
-    def __init__(self, model: str, embedded: bool):
+    def __init__(self, model: str, embedded: bool, space: str = "fp32"):
         super().__init__(f"features of the query image are needed ({model})")
-        self.model, self.embedded = model, embedded
+        self.model, self.embedded, self.space = model, embedded, space
 
 
 def encode_error(exc: BaseException) -> dict[str, Any]:
@@ -109,14 +109,15 @@ def encode_error(exc: BaseException) -> dict[str, Any]:
     doc = {"type": "error", "kind": kind if kind in ERRORS else "unexpected",
            "class": kind, "message": str(exc)}
     if isinstance(exc, NeedsFeature):
-        doc.update(kind="NeedsFeature", model=exc.model, embedded=exc.embedded)
+        doc.update(kind="NeedsFeature", model=exc.model, embedded=exc.embedded, space=exc.space)
     return doc
 
 
 def decode_error(doc: dict[str, Any]) -> BaseException:
     """The error the holder met, as the class a direct run would have raised."""
     if doc.get("kind") == "NeedsFeature":
-        return NeedsFeature(str(doc.get("model")), bool(doc.get("embedded")))
+        return NeedsFeature(str(doc.get("model")), bool(doc.get("embedded")),
+                            str(doc.get("space") or "fp32"))
     cls = ERRORS.get(doc.get("kind", ""))
     message = str(doc.get("message", ""))
     if cls is not None:

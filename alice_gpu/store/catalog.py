@@ -232,6 +232,7 @@ class Catalog:
                    ).fetchall()
         return {
             "assets": int(assets), "failed": int(failed), "embedded": int(embedded),
+            "model": self.model, "space": self.space,
             "bytes": int(total_bytes), "formats": {str(k): int(v) for k, v in formats.items()},
             "last_run": None if last is None else dict(zip(
                 ("id", "finished_at", "files_seen", "decoded", "unchanged", "failed",

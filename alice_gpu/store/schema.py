@@ -220,17 +220,32 @@ def init_schema(con: duckdb.DuckDBPyConnection, folder: Path, model: str, dim: i
                         [str(SCHEMA_VERSION)])
             con.execute("INSERT INTO meta VALUES ('model', ?) ON CONFLICT DO NOTHING", [model])
             con.execute("INSERT INTO meta VALUES ('vectors_version', '0') ON CONFLICT DO NOTHING")
-        manifest = json.dumps({"schema_version": SCHEMA_VERSION, "model": model,
-                               "dim": dim, "db": DB_FILE}, indent=2) + "\n"
-        path = folder / MANIFEST_FILE
-        if not path.exists() or path.read_text() != manifest:
-            atomic_write_text(path, manifest)
+        write_manifest(folder, model, dim, read_space(folder))
     except (OSError, duckdb.Error) as exc:
         if is_storage_failure(exc):
             raise StorageError(f"could not write the index at {folder} "
                                f"({str(exc).splitlines()[0][:200]}); nothing was changed: "
                                f"free some space and run again") from None
         raise
+
+
+def write_manifest(folder: Path, model: str, dim: int, space: str) -> None:
+    """The manifest of an index, rewritten only when it changes."""
+    manifest = json.dumps({"schema_version": SCHEMA_VERSION, "model": model, "dim": dim,
+                           "space": space, "db": DB_FILE}, indent=2) + "\n"
+    path = folder / MANIFEST_FILE
+    if not path.exists() or path.read_text() != manifest:
+        atomic_write_text(path, manifest)
+
+
+def read_space(folder: Path) -> str:
+    """The embedding space an index's vectors live in (``fp32`` or ``int8``); indexes
+    from before spaces were recorded hold fp32 vectors."""
+    try:
+        space = json.loads((folder / MANIFEST_FILE).read_text()).get("space")
+    except (OSError, ValueError, AttributeError):
+        return "fp32"
+    return space if isinstance(space, str) and space else "fp32"
 
 
 def _roots(con: duckdb.DuckDBPyConnection) -> list[str]:

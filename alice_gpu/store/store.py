@@ -18,7 +18,8 @@ import duckdb
 from ..errors import StoreError, StoreLockedError, command_line
 from .catalog import Catalog
 from .reads import Reads
-from .schema import DB_FILE, check_manifest, check_schema, init_schema, migrate
+from .schema import (DB_FILE, check_manifest, check_schema, init_schema, migrate, read_space,
+                     write_manifest)
 from .writes import Writes
 
 
@@ -44,6 +45,7 @@ class Store(Reads, Catalog, Writes):
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
         check_manifest(self.folder, model, dim)
+        self.space = read_space(self.folder)
         self.con = _connect(db_path, read_only, self.folder)
         try:
             if memory_limit_mb:
@@ -56,6 +58,22 @@ class Store(Reads, Catalog, Writes):
         except BaseException:
             self.close()          # a refused index is not left open (and locked) behind
             raise
+
+    def claim_space(self, space: str) -> None:
+        """Vectors of ``space`` are about to be written: an index that holds vectors of
+        another space refuses them (one line) rather than mix two spaces; an index
+        without vectors takes the new space."""
+        if space == self.space:
+            return
+        if self.embedding_count() > 0:
+            keep = "features.precision: int8" if self.space == "int8" else \
+                "features.precision: fp32 (or auto)"
+            raise StoreError(
+                f"the index at {self.folder} holds {self.space} embeddings and this run "
+                f"would add {space} ones; spaces are never mixed: run with {keep}, or "
+                f"index into another --db")
+        write_manifest(self.folder, self.model, self.dim, space)
+        self.space = space
 
     def serve_views(self) -> None:
         """Make :meth:`view` usable from other threads (call it on the thread that owns
