@@ -8,7 +8,8 @@ import shutil
 import pytest
 from PIL import Image, ImageOps
 
-from alice_gpu.search.evaluate import Truth, score_pairs, score_rankings
+from alice_gpu.search.evaluate import (Truth, read_truth, score_pairs, score_rankings,
+                                       score_relations)
 from conftest import run_cli
 
 
@@ -26,6 +27,22 @@ def test_pair_figures_golden():
     assert overall["f1"] == round(2 * 0.5 * (1 / 3) / (0.5 + 1 / 3), 4)
     mirror = scores["mirror"].figures()                  # pairs touching c: ac, bc
     assert (mirror["true_pairs"], mirror["predicted_pairs"], mirror["recall"]) == (2, 0, 0.0)
+
+
+def test_relation_figures_golden():
+    """a, b, c: one capture and its copies; d: another capture of the same subject."""
+    groups = {"a": "1", "b": "1", "c": "1", "d": "1", "e": "2", "f": "2"}
+    relation = {"a": "copy", "b": "copy", "c": "copy", "d": "lookalike", "e": "lookalike",
+                "f": "lookalike"}
+    truth = Truth(groups, {p: "" for p in groups}, relation)
+    # copies: ab ac bc; look-alikes: ad bd cd ef. Predicted: ab, ad (a look-alike), ef
+    # (a look-alike) and a-x (x outside the truth: a wrong pair)
+    pred = {("a", "b"), ("a", "d"), ("e", "f"), ("a", "x")}
+    rel = score_relations(truth, pred)
+    assert rel["copies"]["true_pairs"] == 3 and rel["copies"]["correct_pairs"] == 1
+    assert rel["copies"]["precision"] == 0.25 and rel["copies"]["recall"] == 0.3333
+    assert rel["lookalikes"] == {"pairs": 4, "called_duplicates": 2}
+    assert score_relations(Truth(groups, {p: "" for p in groups}), pred) is None
 
 
 def test_ranking_figures_golden():
@@ -85,3 +102,47 @@ def test_a_bad_ground_truth_is_a_one_line_error(tmp_path):
     (tmp_path / "gone.csv").write_text("file,group\nmissing.jpg,1\n")
     code, out, err = run_cli("evaluate", tmp_path / "gone.csv", "--db", tmp_path / "db")
     assert code == 2 and "no such file" in err and "Traceback" not in err
+
+
+def test_the_labelled_near_duplicates_csv_reads_under_a_root(near_dups):
+    """The CSV shipped in tests/ names near_duplicates' files relative to that folder."""
+    from pathlib import Path
+
+    csv_path = Path(__file__).parent / "data" / "near_duplicates_relations.csv"
+    truth = read_truth(csv_path, near_dups)
+    assert len(truth.group) == 83 and set(truth.relation.values()) == {"copy", "lookalike"}
+    views = [p for p in truth.group if "/ukbench/" in p]
+    assert len(views) == 56 and all(truth.relation[p] == "lookalike" for p in views)
+    assert sum(truth.relation[p] == "lookalike" for p in truth.group) == 56 + 3   # + Holidays
+
+
+def test_evaluate_reports_copies_and_look_alikes(transformed_set):
+    """The same set with a relation column and the CSV kept apart from the images: every
+    copy pair found, and two distractors labelled another capture of g0 never grouped."""
+    root = transformed_set
+    rows = (root / "truth.csv").read_text().splitlines()
+    out_rows = [rows[0] + ",relation"]
+    for row in rows[1:]:
+        name, group, transform = row.split(",")
+        other = group in ("d0", "d1")                  # said to be other shots of g0
+        out_rows.append(f"{name},{'g0' if other else group},{transform},"
+                        f"{'lookalike' if other else 'copy'}")
+    elsewhere = root / "truth"
+    elsewhere.mkdir()
+    (elsewhere / "labelled.csv").write_text("\n".join(out_rows) + "\n")
+    code, out, err = run_cli("evaluate", elsewhere / "labelled.csv", "--root", root,
+                             "--similar-by", "phash", "--db", root / "db", "--config",
+                             root / "hashes.yaml", "--json")
+    assert code == 0, err
+    rel = json.loads(out)["relations"]
+    assert rel["copies"]["true_pairs"] == 18 and rel["copies"]["recall"] >= 0.9
+    # d0 and d1 with each other and with g0's three files: 7 pairs, none grouped
+    assert rel["lookalikes"] == {"pairs": 7, "called_duplicates": 0}
+    code, out, err = run_cli("evaluate", elsewhere / "labelled.csv", "--root", root,
+                             "--similar-by", "phash", "--db", root / "db", "--config",
+                             root / "hashes.yaml")
+    assert code == 0 and "look-alike" in out and "copy" in out
+    (elsewhere / "odd.csv").write_text("file,group,relation\n" + rows[1].split(",")[0]
+                                       + ",g0,twin\n")
+    code, _, err = run_cli("evaluate", elsewhere / "odd.csv", "--root", root, "--db", root / "db")
+    assert code == 2 and "relation must be copy or lookalike" in err and err.count("\n") == 1

@@ -295,14 +295,18 @@ class AliceIndex(Catalog, Media):
     def evaluate(self, ground_truth: str | os.PathLike[str], *, by: str = "tiered",
                  threshold: float | None = None, similar_by: str = "embedding",
                  device: str | None = None, index: bool = True,
-                 progress: ProgressFn | None = None) -> "Evaluation":
+                 progress: ProgressFn | None = None,
+                 root: str | os.PathLike[str] | None = None) -> "Evaluation":
         """Score ``duplicates`` (pairwise precision, recall, F1) and ``similar`` (N-S,
-        mAP) against a ``file,group[,transform]`` CSV; its files are indexed first
-        (only new or changed ones are decoded) unless ``index`` is false."""
+        mAP) against a ``file,group[,transform][,relation]`` CSV (relative paths under
+        ``root``, by default the CSV's folder); its files are indexed first (only new or
+        changed ones are decoded) unless ``index`` is false. A ``relation`` column
+        (copy / lookalike) adds copies' precision and recall and the look-alikes
+        grouped as duplicates."""
         from ..errors import QueryError
         from ..search.evaluate import MAP_DEPTH, evaluate, read_truth
 
-        truth = read_truth(ground_truth)
+        truth = read_truth(ground_truth, root)
         if index:
             self.index(truth.files, device=device, progress=progress,
                        embed=True if {"embedding", "tiered"} & {by, similar_by} else None)

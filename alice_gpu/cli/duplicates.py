@@ -145,14 +145,17 @@ O_SIMILAR_BY = typer.Option("embedding", "--similar-by", **choice("--similar-by"
                             help="What similar ranks by.")
 O_NO_INDEX = typer.Option(False, "--no-index", help="Do not index the CSV's files first.")
 A_TRUTH = typer.Argument(..., metavar="GROUND_TRUTH.csv",
-                         help="CSV with columns file,group (and transform).")
+                         help="CSV with columns file,group (and transform, relation).")
+O_ROOT = typer.Option(None, "--root", metavar="DIR",
+                      help="Folder the CSV's relative paths start from (default: the CSV's).")
 
 
 @app.command()
 def evaluate(ground_truth: Path = A_TRUTH, by: str = O_BY,
              threshold: Optional[float] = O_THRESHOLD, similar_by: str = O_SIMILAR_BY,
-             no_index: bool = O_NO_INDEX, device: Optional[str] = DEVICE,
-             runtime: Optional[str] = RUNTIME, db: Optional[Path] = DB, json_out: bool = JSON,
+             no_index: bool = O_NO_INDEX, root: Optional[Path] = O_ROOT,
+             device: Optional[str] = DEVICE, runtime: Optional[str] = RUNTIME,
+             db: Optional[Path] = DB, json_out: bool = JSON,
              config: Optional[Path] = CONFIG) -> int:
     """Score duplicates and similar against a ground truth, overall and per transform."""
     problem = None if threshold is None else threshold_problem(by, threshold)
@@ -163,7 +166,7 @@ def evaluate(ground_truth: Path = A_TRUTH, by: str = O_BY,
 
     try:
         result = call(api.evaluate, ground_truth, by=by, threshold=threshold,
-                      similar_by=similar_by, device=device, index=not no_index)
+                      similar_by=similar_by, device=device, index=not no_index, root=root)
     except Interrupted as stopped:
         from .commands import interrupted
 
@@ -191,3 +194,13 @@ def _evaluation_table(result: Any) -> None:
                       "-" if q["ns_score"] is None else f"{q['ns_score']:.2f}",
                       "-" if q["map"] is None else f"{q['map']:.3f}")
     console().print(table)
+    rel = result.relations
+    if rel:
+        c, lk = rel["copies"], rel["lookalikes"]
+        prov = Table(title="by provenance: copies (one capture) and look-alikes (another)")
+        for col in ("relation", "pairs", "precision", "recall", "grouped as duplicates"):
+            prov.add_column(col, justify="left" if col == "relation" else "right")
+        prov.add_row("copy", str(c["true_pairs"]), f"{c['precision']:.3f}",
+                     f"{c['recall']:.3f}", str(c["correct_pairs"]))
+        prov.add_row("look-alike", str(lk["pairs"]), "-", "-", str(lk["called_duplicates"]))
+        console().print(prov)

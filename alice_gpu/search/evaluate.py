@@ -7,6 +7,13 @@ scored on pairs (precision, recall, F1 of "these two files are in one group");
 included, as UKBench defines it) and mAP (average precision over the rest of the
 group, the query left out). With a ``transform`` column, every figure is also
 given per transform: the pairs and queries that involve a file so transformed.
+
+With a ``relation`` column (``copy`` or ``lookalike``), ``duplicates`` is also scored
+on provenance: two files of one group are a *copy* pair when both are labelled
+``copy`` (the same capture), and a *look-alike* pair when either is labelled
+``lookalike`` (another capture of the same subject). Copies get their own precision
+and recall, and the look-alike pairs that ``duplicates`` groups together are counted:
+each is a copy claimed where there is none.
 """
 
 from __future__ import annotations
@@ -28,15 +35,22 @@ MAP_DEPTH = 100      # results ranked for mAP
 class Truth:
     group: dict[str, str]                    # path -> group
     transform: dict[str, str]                # path -> transform ("" when none)
+    relation: dict[str, str] = field(default_factory=dict)   # path -> copy | lookalike
 
     @property
     def files(self) -> list[str]:
         return sorted(self.group)
 
 
-def read_truth(csv_path: str | os.PathLike[str]) -> Truth:
-    """The CSV's files (relative paths are relative to the CSV's folder)."""
-    base = os.path.dirname(os.path.abspath(csv_path))
+RELATIONS = ("copy", "lookalike")
+
+
+def read_truth(csv_path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None
+               ) -> Truth:
+    """The CSV's files (relative paths are relative to ``root``, by default the CSV's
+    folder)."""
+    base = os.path.abspath(root) if root is not None else \
+        os.path.dirname(os.path.abspath(csv_path))
     try:
         with open(csv_path, newline="", encoding="utf-8") as fh:
             rows = list(csv.DictReader(fh))
@@ -44,7 +58,8 @@ def read_truth(csv_path: str | os.PathLike[str]) -> Truth:
         raise QueryError(f"cannot read ground truth {csv_path}: {exc}") from None
     if not rows or not {"file", "group"} <= set(rows[0]):
         raise QueryError(f"{csv_path} needs the columns file,group (and optionally transform)")
-    group, transform = {}, {}
+    group, transform, relation = {}, {}, {}
+    labelled = "relation" in rows[0]
     for n, row in enumerate(rows, 2):
         if not row["file"] or not row["group"]:
             raise QueryError(f"{csv_path} line {n}: empty file or group")
@@ -53,7 +68,13 @@ def read_truth(csv_path: str | os.PathLike[str]) -> Truth:
             raise QueryError(f"{csv_path} line {n}: no such file {path}")
         group[path] = row["group"]
         transform[path] = (row.get("transform") or "").strip()
-    return Truth(group, transform)
+        if labelled:
+            rel = (row.get("relation") or "").strip()
+            if rel not in RELATIONS:
+                raise QueryError(f"{csv_path} line {n}: relation must be copy or lookalike, "
+                                 f"not {rel!r}")
+            relation[path] = rel
+    return Truth(group, transform, relation)
 
 
 @dataclass
@@ -88,6 +109,7 @@ class Evaluation:
     duplicates: dict
     similar: dict
     per_transform: dict[str, dict] = field(default_factory=dict)
+    relations: dict | None = None       # with a relation column: copies and look-alikes
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,15 +119,50 @@ def _pair_key(a: str, b: str) -> tuple[str, str]:
     return (a, b) if a < b else (b, a)
 
 
-def score_pairs(truth: Truth, predicted: Iterable[Iterable[str]]) -> dict[str, PairScore]:
-    """Pairwise scores, overall ("") and per transform."""
-    true = {_pair_key(a, b) for a, b in itertools.combinations(truth.files, 2)
-            if truth.group[a] == truth.group[b]}
+def _true_pairs(truth: Truth) -> set[tuple[str, str]]:
+    by_group: dict[str, list[str]] = {}
+    for path in truth.files:
+        by_group.setdefault(truth.group[path], []).append(path)
+    return {_pair_key(a, b) for members in by_group.values()
+            for a, b in itertools.combinations(members, 2)}
+
+
+def _predicted_pairs(truth: Truth, predicted: Iterable[Iterable[str]]) -> set[tuple[str, str]]:
     pred = set()
     for files in predicted:
         inside = sorted(files)
         pred |= {(a, b) for a, b in itertools.combinations(inside, 2)
                  if a in truth.group or b in truth.group}
+    return pred
+
+
+def score_relations(truth: Truth, pred: set[tuple[str, str]]) -> dict | None:
+    """Copies' precision and recall, and the look-alike pairs called duplicates (None
+    without a relation column)."""
+    if not truth.relation:
+        return None
+    true = _true_pairs(truth)
+    copies = {p for p in true if truth.relation[p[0]] == truth.relation[p[1]] == "copy"}
+    lookalikes = true - copies
+
+    def figures(keep) -> dict:
+        c, lk, p = ({x for x in s if keep(x)} for s in (copies, lookalikes, pred))
+        return {"copies": PairScore(len(c), len(p), len(p & c)).figures(),
+                "lookalikes": {"pairs": len(lk), "called_duplicates": len(p & lk)}}
+
+    def tags(pair: tuple[str, str]) -> set[str]:
+        return {truth.transform.get(pair[0], ""), truth.transform.get(pair[1], "")} - {""}
+
+    names = sorted(set().union(*(tags(x) for x in true | pred)))
+    return {**figures(lambda x: True),
+            "per_transform": {t: figures(lambda x, t=t: t in tags(x)) for t in names}}
+
+
+def score_pairs(truth: Truth, predicted: Iterable[Iterable[str]] | set[tuple[str, str]]
+                ) -> dict[str, PairScore]:
+    """Pairwise scores, overall ("") and per transform."""
+    true = _true_pairs(truth)
+    pred = predicted if isinstance(predicted, set) else _predicted_pairs(truth, predicted)
     out: dict[str, PairScore] = {}
     for kind, pairs in (("true_pairs", true), ("predicted_pairs", pred),
                         ("correct_pairs", true & pred)):
@@ -143,7 +200,8 @@ def score_rankings(truth: Truth, ranked: Callable[[str], list[str]]) -> dict[str
 
 def evaluate(truth: Truth, groups: Iterable[Iterable[str]], ranked: Callable[[str], list[str]],
              duplicates_meta: dict, similar_meta: dict) -> Evaluation:
-    pairs = score_pairs(truth, groups)
+    pred = _predicted_pairs(truth, groups)
+    pairs = score_pairs(truth, pred)
     ranks = score_rankings(truth, ranked)
     tags = sorted((set(pairs) | set(ranks)) - {""})
     return Evaluation(
@@ -151,4 +209,5 @@ def evaluate(truth: Truth, groups: Iterable[Iterable[str]], ranked: Callable[[st
         duplicates={**duplicates_meta, **pairs[""].figures()},
         similar={**similar_meta, **ranks[""].figures()},
         per_transform={t: {"duplicates": pairs.get(t, PairScore()).figures(),
-                           "similar": ranks.get(t, RankScore()).figures()} for t in tags})
+                           "similar": ranks.get(t, RankScore()).figures()} for t in tags},
+        relations=score_relations(truth, pred))
