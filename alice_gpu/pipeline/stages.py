@@ -182,7 +182,10 @@ def _featuriser_for(made: Config, model: str, want_embedding: bool) -> Featurise
     if not want_embedding and cpu_plan.hash_in_worker:
         return Featuriser(None, cpu_plan, False)
     int8 = made.features.precision == "int8"      # an int8 index: its queries too
-    if int8:
+    if int8 and want_embedding:
+        if made.features.runtime == "torch":
+            raise ConfigError("this index holds int8 embeddings, which only onnxruntime "
+                              "makes: run without --runtime torch")
         made = made.with_overrides(device="cpu", features__runtime="onnxruntime")
     runtime = cpu_runtime(made.with_overrides(features__embed=want_embedding), "cpu") \
         if made.device in ("auto", "cpu") else None
