@@ -427,3 +427,29 @@ def test_a_forked_child_decodes_with_a_helper_of_its_own():
             within(0.2, lambda: release.wait(60))
         finally:
             release.set()
+
+
+def test_workers_are_not_forked_from_a_process_with_native_thread_pools(monkeypatch):
+    """ONNX Runtime (like torch) keeps threads ``threading`` does not count: a process
+    that imported it starts fresh workers, and a fork, when asked for, finalises the
+    parent's garbage first (a forked worker's first gc.collect once hung on it)."""
+    import gc
+    import sys
+
+    from alice_gpu.pipeline import pool
+
+    monkeypatch.delenv("ALICE_GPU_START_METHOD", raising=False)
+    modules = {k: v for k, v in sys.modules.items() if k not in ("torch", "onnxruntime")}
+    monkeypatch.setattr(sys, "modules", modules)
+    monkeypatch.setattr(pool.threading, "active_count", lambda: 1)
+    assert pool.start_method() == "fork"
+    modules["onnxruntime"] = object()
+    assert pool.start_method() == "loky"
+    collected = []
+    monkeypatch.setenv("ALICE_GPU_START_METHOD", "fork")
+    monkeypatch.setattr(gc, "collect", lambda *a: collected.append(1) or 0)
+    p = pool.DecodePool(1, 5.0)
+    try:
+        assert collected
+    finally:
+        p.close()

@@ -12,6 +12,7 @@ how a run stops) and take SIGTERM's default action.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -115,9 +116,11 @@ START_METHODS = ("fork", "loky", "spawn")
 def start_method() -> str:
     """fork while this process is small and single-threaded, else loky's fork + exec.
 
-    Workers forked before torch is imported or any pipeline thread runs start in
-    milliseconds and inherit no torch or thread state. Otherwise (a restart during
-    a run, a notebook that imported torch) each worker is a fresh interpreter, a
+    Workers forked before torch or ONNX Runtime is imported (both keep native thread
+    pools that ``threading`` does not count) or any pipeline thread runs start in
+    milliseconds and inherit no thread state. Otherwise (a restart during a run, a
+    second run in one Python process, a notebook that imported torch) each worker is
+    a fresh interpreter, a
     direct child of this process so that it still dies with it; a fork server would
     be their parent instead, and it outlives a ``kill -9`` of this process (every
     child it forks holds its keep-alive pipe). ``ALICE_GPU_START_METHOD`` overrides
@@ -131,7 +134,7 @@ def start_method() -> str:
         return method
     if "fork" not in multiprocessing.get_all_start_methods():
         return "loky"
-    if "torch" in sys.modules or threading.active_count() > 1:
+    if {"torch", "onnxruntime"} & set(sys.modules) or threading.active_count() > 1:
         return "loky"
     return "fork"
 
@@ -150,6 +153,10 @@ class DecodePool:
         from loky.backend.context import get_context as loky_context
 
         method = start_method()
+        if method == "fork":
+            # garbage is finalised here: in a forked worker (whose first act is loky's
+            # gc.collect) a finaliser that joins a native thread pool would wait forever
+            gc.collect()
         ctx = loky_context(method) if method == "loky" else multiprocessing.get_context(method)
         executor = ProcessPoolExecutor(max_workers=self.workers, context=ctx,
                                        initializer=_worker_init, initargs=(os.getpid(),))
