@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont
 
+from heldout import _banner   # the caption strip of the first held-out set
+
 COPIES = ("crop5", "crop15", "crop30", "offcentre", "crop_scale_jpeg", "crop_mirror",
           "crop_turn", "banner", "watermark", "levels", "saturation", "local_blur")
 
@@ -37,17 +39,6 @@ def _offcentre(im: Image.Image, rng: np.random.Generator) -> Image.Image:
     x = int((w - cw) * rng.choice([rng.uniform(0, 0.2), rng.uniform(0.8, 1.0)]))
     y = int((h - ch) * rng.choice([rng.uniform(0, 0.2), rng.uniform(0.8, 1.0)]))
     return im.crop((x, y, x + cw, y + ch))
-
-
-def _banner(im: Image.Image, rng: np.random.Generator) -> Image.Image:
-    out, (w, h) = im.copy(), im.size
-    bh = int(h * rng.uniform(0.10, 0.15))
-    draw = ImageDraw.Draw(out)
-    draw.rectangle((0, h - bh, w, h), fill=(0, 0, 0))
-    font = ImageFont.load_default(size=max(10, int(bh * 0.6)))
-    draw.text((int(w * 0.05), h - bh + bh // 6), "#throwback @alice 2026", fill=(255, 255, 255),
-              font=font)
-    return out
 
 
 def _watermark(im: Image.Image, rng: np.random.Generator) -> Image.Image:
