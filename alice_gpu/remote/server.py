@@ -181,6 +181,13 @@ class Holder:
         with conn:
             try:
                 if wire.peer_uid(conn) != os.getuid():
+                    # its request is read (and dropped) first: closing on a client still
+                    # sending would break its pipe before it reads why it was refused
+                    conn.settimeout(REQUEST_TIMEOUT)
+                    try:
+                        wire.receive(conn, wire.MAX_REQUEST)
+                    except (wire.WireError, OSError):
+                        pass
                     wire.send(conn, {"type": "error", "kind": "StoreError", "message":
                                      "refused: the index belongs to another user"})
                     return
