@@ -32,7 +32,6 @@ import collections
 import csv
 import itertools
 import json
-import os
 import random
 import sys
 import tempfile
@@ -156,6 +155,36 @@ class Probe:
         return out
 
 
+class Cosines:
+    """The embedding cosine of a pair (the default model, ONNX Runtime fp32, as the index
+    computes it), for choosing the candidates' threshold."""
+
+    def __init__(self):
+        from alice_gpu.features.onnx import OnnxEmbedder
+
+        self.embedder, self.cache = OnnxEmbedder("efficientnet_lite0"), {}
+
+    def vector(self, path: str) -> np.ndarray:
+        from alice_gpu.decode.files import decode_path
+
+        if path not in self.cache:
+            self.cache[path] = self.embedder.embed([decode_path(path, 256).pixels])[0]
+        return self.cache[path]
+
+    def __call__(self, a: str, b: str) -> float:
+        return float(self.vector(a) @ self.vector(b))
+
+    def neighbours(self, photos: list[Path]) -> dict:
+        """How many other photos of photo_collection (distinct pictures) each photo has
+        above each cosine: the candidates a threshold would send to verification."""
+        vecs = np.stack([self.vector(str(p)) for p in photos])
+        sims = vecs @ vecs.T
+        np.fill_diagonal(sims, -1)
+        return {f"{t:.2f}": {"mean": round(float((sims >= t).sum(1).mean()), 2),
+                             "max": int((sims >= t).sum(1).max())}
+                for t in (0.5, 0.6, 0.7, 0.75, 0.8, 0.85)}
+
+
 def copy_by_rule(s: dict) -> bool:
     return (s["inliers"] >= RULE["inliers"]
             and s["second"] <= max(RULE["second_abs"], RULE["second_rel"] * s["inliers"])
@@ -198,22 +227,27 @@ def main() -> None:
     rng = random.Random(1)
     pairs += [(str(a), str(b), "unrelated", "") for a, b in
               (rng.sample(others, 2) for _ in range(40))]
+    cosine = Cosines()
     table: dict[tuple[str, str], list[dict]] = collections.defaultdict(list)
     for a, b, relation, transform in pairs:
-        table[(relation, transform)].append(probe.verify(a, b))
+        table[(relation, transform)].append({**probe.verify(a, b), "cosine": cosine(a, b)})
     doc = {"side": args.side, "features": args.features, "half": args.half, "rule": RULE,
            "groups": {}}
     for (relation, transform), found in sorted(table.items()):
         doc["groups"][f"{relation}/{transform}"] = {
             "pairs": len(found), "copies_by_rule": sum(map(copy_by_rule, found)),
             **{k: [round(float(np.percentile([s[k] for s in found], q)), 3) for q in (0, 50, 100)]
-               for k in ("inliers", "second", "bad", "interior", "median", "shear", "ms")}}
+               for k in ("cosine", "inliers", "second", "bad", "interior", "median", "shear",
+                         "ms")}}
+    doc["neighbours_per_photo"] = cosine.neighbours(sorted((DATA / "photo_collection" /
+                                                            "images").iterdir()))
     if args.json:
         print(json.dumps(doc, indent=1))
         return
     for name, g in doc["groups"].items():
         print(f"{name:34s} {g['copies_by_rule']:3d}/{g['pairs']:<3d} copies by the rule; "
-              + "; ".join(f"{k} {g[k]}" for k in ("inliers", "second", "bad", "interior",
+              + "; ".join(f"{k} {g[k]}" for k in ("cosine", "inliers", "second", "bad",
+                                                   "interior",
                                                    "median", "shear", "ms")))
 
 
