@@ -89,6 +89,20 @@ def test_newer_schema_and_foreign_model_are_refused(tmp_path):
     (folder / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
     with pytest.raises(StoreError, match="newer alice-gpu"):
         Store(folder, model="test", dim=DIM)
+    (folder / "manifest.json").write_text("[1, 2]")           # JSON, but not a manifest
+    with pytest.raises(StoreError, match="not an alice-gpu manifest"):
+        Store(folder, model="test", dim=DIM)
+    assert (folder / "manifest.json").read_text() == "[1, 2]"
+
+
+def test_a_new_index_records_the_fp32_space_and_keeps_it(tmp_path):
+    folder = tmp_path / "idx"
+    Store(folder, model="test", dim=DIM).close()
+    assert json.loads((folder / "manifest.json").read_text())["space"] == "fp32"
+    with Store(folder, model="test", dim=DIM) as store:
+        store.claim_space("int8")                              # no vectors yet: taken
+    with Store(folder, model="test", dim=DIM) as store:
+        assert store.space == "int8"                           # and kept on reopening
 
 
 def test_garbage_db_file_is_refused_not_overwritten(tmp_path):

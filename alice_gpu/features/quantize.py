@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 RECIPE = "q1"          # bump when the recipe or the calibration images change
 CALIBRATION = 64       # generated images
 SEED = 20261206
-SPACES = ("fp32", "int8")
 
 
 def embedding_space(precision: str) -> str:

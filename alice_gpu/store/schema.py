@@ -147,15 +147,18 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def check_manifest(folder: Path, model: str, dim: int) -> None:
-    """Refuse, untouched, an index written by a newer alice-gpu or for another model."""
+def check_manifest(folder: Path, model: str, dim: int) -> dict:
+    """Refuse, untouched, an index written by a newer alice-gpu or for another model;
+    the manifest otherwise ({} for a new index)."""
     path = folder / MANIFEST_FILE
     if not path.exists():
-        return
+        return {}
     try:
         manifest = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise StoreError(f"{path} is unreadable ({exc}); not touching this index") from None
+    if not isinstance(manifest, dict):
+        raise StoreError(f"{path} is not an alice-gpu manifest; not touching this index")
     version = manifest.get("schema_version")
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise StoreError(f"the index at {folder} was written by a newer alice-gpu "
@@ -163,6 +166,7 @@ def check_manifest(folder: Path, model: str, dim: int) -> None:
     if manifest.get("model") not in (None, model) or manifest.get("dim") not in (None, dim):
         raise StoreError(f"the index at {folder} holds {manifest.get('model')} embeddings "
                          f"({manifest.get('dim')}-d), not {model}; use another --db")
+    return manifest
 
 
 def stored_version(con: duckdb.DuckDBPyConnection) -> int | None:
@@ -211,7 +215,8 @@ def migrate(con: duckdb.DuckDBPyConnection, folder: Path, dim: int
     return con
 
 
-def init_schema(con: duckdb.DuckDBPyConnection, folder: Path, model: str, dim: int) -> None:
+def init_schema(con: duckdb.DuckDBPyConnection, folder: Path, model: str, dim: int,
+                space: str) -> None:
     """Create the tables of a new index and (re)write its manifest."""
     try:
         if stored_version(con) is None:
@@ -220,7 +225,7 @@ def init_schema(con: duckdb.DuckDBPyConnection, folder: Path, model: str, dim: i
                         [str(SCHEMA_VERSION)])
             con.execute("INSERT INTO meta VALUES ('model', ?) ON CONFLICT DO NOTHING", [model])
             con.execute("INSERT INTO meta VALUES ('vectors_version', '0') ON CONFLICT DO NOTHING")
-        write_manifest(folder, model, dim, read_space(folder))
+        write_manifest(folder, model, dim, space)
     except (OSError, duckdb.Error) as exc:
         if is_storage_failure(exc):
             raise StorageError(f"could not write the index at {folder} "
@@ -238,13 +243,10 @@ def write_manifest(folder: Path, model: str, dim: int, space: str) -> None:
         atomic_write_text(path, manifest)
 
 
-def read_space(folder: Path) -> str:
+def manifest_space(manifest: dict) -> str:
     """The embedding space an index's vectors live in (``fp32`` or ``int8``); indexes
     from before spaces were recorded hold fp32 vectors."""
-    try:
-        space = json.loads((folder / MANIFEST_FILE).read_text()).get("space")
-    except (OSError, ValueError, AttributeError):
-        return "fp32"
+    space = manifest.get("space")
     return space if isinstance(space, str) and space else "fp32"
 
 

@@ -18,8 +18,8 @@ import duckdb
 from ..errors import StoreError, StoreLockedError, command_line
 from .catalog import Catalog
 from .reads import Reads
-from .schema import (DB_FILE, check_manifest, check_schema, init_schema, migrate, read_space,
-                     write_manifest)
+from .schema import (DB_FILE, check_manifest, check_schema, init_schema, manifest_space,
+                     migrate, write_manifest)
 from .writes import Writes
 
 
@@ -44,8 +44,7 @@ class Store(Reads, Catalog, Writes):
                                  f"or point --db at an existing index")
         else:
             self.folder.mkdir(parents=True, exist_ok=True)
-        check_manifest(self.folder, model, dim)
-        self.space = read_space(self.folder)
+        self.space = manifest_space(check_manifest(self.folder, model, dim))
         self.con = _connect(db_path, read_only, self.folder)
         try:
             if memory_limit_mb:
@@ -53,7 +52,7 @@ class Store(Reads, Catalog, Writes):
                 self.con.execute(f"SET memory_limit = '{int(memory_limit_mb)}MB'")
             if not read_only:
                 self.con = migrate(self.con, self.folder, dim)
-                init_schema(self.con, self.folder, model, dim)
+                init_schema(self.con, self.folder, model, dim, self.space)
             check_schema(self.con, self.folder, read_only)
         except BaseException:
             self.close()          # a refused index is not left open (and locked) behind
