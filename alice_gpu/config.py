@@ -129,8 +129,17 @@ class QueryConfig:
     # looser bound would multiply chance matches at a million files; RESULTS.md)
     near_threshold: int = 8
     turned_threshold: int = 6
-    # tiered: an edited copy has embedding cosine >= edited_threshold, a look-alike
-    # (similar) >= similar_threshold (searched only when the similar tier is asked for)
+    # tiered: with verify, every candidate pair (pHash near, or embedding cosine >=
+    # candidate_threshold among each file's candidates_per_image closest) is checked on
+    # the two pictures: one capture is near (same pixels) or edited (a crop, a turn, a
+    # retouch), two captures are similar. Without verify, an edited copy is a pair at
+    # cosine >= edited_threshold (the answer before verification). A look-alike
+    # (similar) has cosine >= similar_threshold (grouped only when the tier is asked for)
+    verify: bool = True
+    candidate_threshold: float = 0.6
+    candidates_per_image: int = 5
+    nearest_threshold: float = 0.3     # each file's nearest neighbour is checked down to this
+    verify_workers: int = 0            # processes checking pairs (0: one per core)
     edited_threshold: float = 0.85
     similar_threshold: float = 0.7
     # the tiers duplicates groups by default, and the tiers --move-to acts on
@@ -151,6 +160,12 @@ class QueryConfig:
         _check(-1.0 <= self.similar_threshold <= self.edited_threshold <= 1.0,
                "query.similar_threshold <= query.edited_threshold, both in -1..1")
         _check(0 <= self.near_threshold <= 64, "query.near_threshold must be in 0..64")
+        _check(isinstance(self.verify, bool), "query.verify must be true or false")
+        _check(-1.0 <= self.candidate_threshold <= 1.0, "query.candidate_threshold must be in -1..1")
+        _check(self.candidates_per_image >= 1, "query.candidates_per_image must be >= 1")
+        _check(-1.0 <= self.nearest_threshold <= self.candidate_threshold,
+               "query.nearest_threshold must be in -1..query.candidate_threshold")
+        _check(self.verify_workers >= 0, "query.verify_workers must be >= 0 (0: one per core)")
         _check(0 <= self.turned_threshold <= 64, "query.turned_threshold must be in 0..64")
         for key in ("tiers", "act_on"):
             names = [t.strip() for t in str(getattr(self, key)).split(",") if t.strip()]

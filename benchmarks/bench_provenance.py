@@ -15,7 +15,9 @@ config given):
   views of one object and the Holidays triple are look-alikes, the rest copies.
 
 For each: copies' precision and recall, per transform, and the look-alike pairs
-grouped as duplicates (each a copy claimed where there is none).
+grouped as duplicates (each a copy claimed where there is none). ``--compare`` also
+evaluates the answer before pictures were checked (``query.verify: false``) on the
+same index in the same run, and the time each took.
 """
 
 from __future__ import annotations
@@ -53,6 +55,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2)
     ap.add_argument("--config", help="a config file for the runs (default: the defaults)")
     ap.add_argument("--label", default="default", help="the name of this run in RESULTS.md")
+    ap.add_argument("--compare", action="store_true",
+                    help="also the answer without verification (query.verify: false)")
+    ap.add_argument("--distractors", type=int, default=40)
+    ap.add_argument("--other-half", action="store_true",
+                    help="every photo of the other half is a distractor too")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--write", action="store_true", help="record the figures in RESULTS.md")
     args = ap.parse_args()
@@ -65,16 +72,25 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-provenance-"))
     truth = provenance.build(DATA / "photo_collection", work / "set", half=args.half,
                              per_transform=args.per_transform, clips=args.clips,
-                             seed=args.seed)
+                             seed=args.seed, distractors=args.distractors,
+                             other_half=args.other_half)
     doc: dict = {"date": dt.date.today().isoformat(), "label": args.label,
-                 "config": args.config, "half": args.half,
-                 "per_transform": args.per_transform, "clips": args.clips, "seed": args.seed}
-    t = time.perf_counter()
-    doc["generated"] = summary(open_index(work / "db-generated", config=cfg).evaluate(truth))
-    doc["near_duplicates"] = summary(open_index(work / "db-near", config=cfg).evaluate(
-        REPO / "tests" / "data" / "near_duplicates_relations.csv",
-        root=DATA / "near_duplicates"))
-    doc["seconds"] = round(time.perf_counter() - t, 1)
+                 "config": args.config, "half": args.half, "per_transform": args.per_transform,
+                 "clips": args.clips, "seed": args.seed, "distractors": args.distractors,
+                 "other_half": args.other_half}
+    sets = {"generated": (truth, None),
+            "near_duplicates": (REPO / "tests" / "data" / "near_duplicates_relations.csv",
+                                DATA / "near_duplicates")}
+    runs = {"verified": cfg}
+    if args.compare:
+        runs["before"] = cfg.with_overrides(query__verify=False)
+    for name, (csv_path, root) in sets.items():
+        db = work / f"db-{name}"          # indexed by the first evaluate, reused by the next
+        for label, run_cfg in runs.items():
+            t = time.perf_counter()
+            ev = open_index(db, config=run_cfg).evaluate(csv_path, root=root)
+            key = name if label == "verified" else f"{name}:{label}"
+            doc[key] = {**summary(ev), "seconds": round(time.perf_counter() - t, 1)}
     print(json.dumps(doc, indent=1) if args.json else json.dumps(doc))
     if args.write:
         from results import record

@@ -43,114 +43,36 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data"
 sys.path[:0] = [str(REPO), str(REPO / "tests")]
-BLOCK, BAD_LEVEL, MOVED_PX = 16, 20.0, 12.0
+# the rule as this probe first set it; alice_gpu.search.verify.RULE is what duplicates uses
 RULE = {"inliers": 25, "second_abs": 10, "second_rel": 0.03, "bad": 0.18, "interior": 0.07,
         "median": 6.0, "shear": 0.05}
 
 
 class Probe:
+    """The measurements of ``duplicates``' own check (:mod:`alice_gpu.search.verify`), at
+    the side and feature count asked for, for every pair (not only its verdict)."""
+
     def __init__(self, side: int, features: int):
-        import cv2
+        from alice_gpu.search import verify
 
-        cv2.setNumThreads(1)
-        self.cv2, self.side = cv2, side
-        self.orb = cv2.ORB_create(nfeatures=features, fastThreshold=10)
-        self.matcher = cv2.BFMatcher(cv2.NORM_HAMMING)
-
-    def load(self, path: str) -> np.ndarray:
-        from PIL import Image, ImageOps
-
-        with Image.open(path) as im:
-            im.draft("L", (self.side, self.side))
-            im = ImageOps.exif_transpose(im).convert("L")
-            im.thumbnail((self.side, self.side), Image.Resampling.BILINEAR)
-            return np.asarray(im)
-
-    def features(self, grey: np.ndarray):
-        kp, des = self.orb.detectAndCompute(grey, None)
-        pts = np.float32([k.pt for k in kp]) if kp else np.zeros((0, 2), np.float32)
-        return pts, des
-
-    def fit(self, fa, fb):
-        cv2 = self.cv2
-        (pa, da), (pb, db) = fa, fb
-        if da is None or db is None or len(da) < 8 or len(db) < 8:
-            return None
-        good = [m[0] for m in self.matcher.knnMatch(db, da, k=2)
-                if len(m) == 2 and m[0].distance < 0.8 * m[1].distance]
-        if len(good) < 8:
-            return None
-        src = pb[[g.queryIdx for g in good]]
-        dst = pa[[g.trainIdx for g in good]]
-        M, inl = cv2.estimateAffine2D(src, dst, method=cv2.RANSAC, ransacReprojThreshold=4.0,
-                                      maxIters=2000, confidence=0.995)
-        if M is None:
-            return None
-        inl = inl.ravel().astype(bool)
-        second = 0
-        out_s, out_d = src[~inl], dst[~inl]
-        if len(out_s) >= 8:
-            M2, in2 = cv2.estimateAffinePartial2D(out_s, out_d, method=cv2.RANSAC,
-                                                  ransacReprojThreshold=4.0)
-            if M2 is not None:
-                pts = out_s[in2.ravel().astype(bool)]
-                gap = np.linalg.norm(pts @ M[:, :2].T + M[:, 2] - (pts @ M2[:, :2].T + M2[:, 2]),
-                                     axis=1)
-                second = int((gap > MOVED_PX).sum())
-        return M, int(inl.sum()), second
-
-    def residual(self, ga: np.ndarray, gb: np.ndarray, M: np.ndarray) -> dict:
-        cv2 = self.cv2
-        h, w = ga.shape
-        warped = cv2.warpAffine(gb.astype(np.float32), M, (w, h), flags=cv2.INTER_LINEAR,
-                                borderValue=-1)
-        mask = cv2.warpAffine(np.ones_like(gb, np.float32), M, (w, h),
-                              flags=cv2.INTER_NEAREST, borderValue=0) > 0.5
-        mask &= warped >= 0
-        if mask.mean() < 0.05:
-            return {"bad": 1.0, "interior": 0.0, "median": 255.0}
-        sigma = 1.5 * max(1.0, float(np.sqrt(abs(np.linalg.det(M[:, :2])))))
-        a = cv2.GaussianBlur(ga.astype(np.float32), (0, 0), sigma)
-        b = cv2.GaussianBlur(np.where(mask, warped, 0), (0, 0), sigma)
-        x, y = b[mask], a[mask]
-        keep = np.ones(len(x), bool)
-        for _ in range(3):        # refit on the pixels that agree: overlays left out
-            gain, offset = np.linalg.lstsq(np.vstack([x[keep], np.ones(keep.sum())]).T,
-                                           y[keep], rcond=None)[0]
-            res = np.abs(y - (gain * x + offset))
-            keep = res <= max(np.percentile(res, 60) * 2.0, 2.0)
-        r = np.abs(a - (gain * b + offset)) * mask
-        H, W = h // BLOCK * BLOCK, w // BLOCK * BLOCK
-        blocks = r[:H, :W].reshape(H // BLOCK, BLOCK, W // BLOCK, BLOCK).mean(axis=(1, 3))
-        valid = mask[:H, :W].reshape(H // BLOCK, BLOCK, W // BLOCK, BLOCK).mean(axis=(1, 3)) > 0.9
-        if not valid.any():
-            return {"bad": 1.0, "interior": 0.0, "median": 255.0}
-        bad = (blocks > BAD_LEVEL) & valid
-        n, labels, stats, _ = cv2.connectedComponentsWithStats(bad.astype(np.uint8), connectivity=8)
-        inner = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8),
-                          borderType=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
-        touching = set(np.unique(labels[valid & ~inner & bad]).tolist()) - {0}
-        interior = sum(int(stats[k][4]) for k in range(1, n) if k not in touching)
-        return {"bad": float(bad.sum() / valid.sum()), "interior": interior / float(valid.sum()),
-                "median": float(np.median(blocks[valid]))}
+        verify.SIDE, verify.FEATURES = side, features
+        self.checker = verify.Checker()
 
     def verify(self, path_a: str, path_b: str) -> dict:
+        from alice_gpu.search.residual import residual
+
         t = time.perf_counter()
-        ga, gb = self.load(path_a), self.load(path_b)
-        fa = self.features(ga)
-        best = None
-        for mirror in (False, True):
-            g2 = np.ascontiguousarray(gb[:, ::-1]) if mirror else gb
-            fit = self.fit(fa, self.features(g2))
-            if fit and (best is None or fit[1] > best[1][1]):
-                best = (g2, fit)
+        ch = self.checker
+        a, b = ch.picture(path_a), ch.picture(path_b)
         out = {"inliers": 0, "second": 0, "bad": 1.0, "interior": 0.0, "median": 255.0,
                "shear": 0.0}
-        if best is not None:
-            g2, (M, inliers, second) = best
-            _, upper = np.linalg.qr(M[:, :2])
-            out = {"inliers": inliers, "second": second, **self.residual(ga, g2, M),
-                   "shear": float(abs(upper[0, 1]) / max(abs(upper[0, 0]), 1e-9))}
+        for mirrored in (False, True):
+            fit = ch._fit(a.features(ch.cv2, ch.orb), b.features(ch.cv2, ch.orb, mirrored))
+            if fit and fit["inliers"] > out["inliers"]:
+                gb = np.ascontiguousarray(b.grey[:, ::-1]) if mirrored else b.grey
+                res = residual(ch.cv2, a.grey, gb, fit["M"])
+                out = {**{k: fit[k] for k in ("inliers", "second", "shear")},
+                       **{k: res[k] for k in ("bad", "interior", "median")}}
         out["ms"] = (time.perf_counter() - t) * 1000
         return out
 

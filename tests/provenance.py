@@ -154,11 +154,12 @@ def clip_frames(background: Path, movers: list[Path], rng: np.random.Generator,
 
 
 def build(photos: Path, out: Path, *, half: int, per_transform: int, clips: int, seed: int,
-          distractors: int = 40) -> Path:
+          distractors: int = 40, other_half: bool = False) -> Path:
     """A held-out set under ``out``: copies (``per_transform`` of each of :data:`COPIES`),
     ``clips`` pairs of clip frames, and distractors, all from one half of the photos
     (distractors and the clips' sources are different photos), with ``groups.csv``
-    (file,group,transform,relation; paths relative to ``out``)."""
+    (file,group,transform,relation; paths relative to ``out``). ``other_half``: every
+    photo of the other half is a distractor too."""
     rows = list(csv.DictReader(open(photos / "labels.csv")))
     pool = [photos / r["file"] for r in rows[half::2]]
     rng = np.random.default_rng(seed)
@@ -185,6 +186,8 @@ def build(photos: Path, out: Path, *, half: int, per_transform: int, clips: int,
             path = out / "clips" / f"clip{c:03d}_{k}.jpg"
             frame.save(path, "JPEG", quality=int(rng.integers(80, 95)))
             lines.append((str(path.relative_to(out)), f"clip{c}", "clip frames", "lookalike"))
+    if other_half:
+        others = others + [photos / r["file"] for r in rows[1 - half::2]]
     for src in others:
         dst = out / "others" / src.name
         dst.write_bytes(src.read_bytes())

@@ -18,8 +18,10 @@ METRIC_KEYS = {"files_processed", "processing_time", "average_file_time", "memor
 STAGES = {"discover", "decode", "transfer", "compute", "write"}
 SIMILAR_KEYS = {"query", "by", "query_in_index", "results"}
 MATCH_KEYS = {"path", "score", "id", "distance"}
-DUPLICATES_KEYS = {"by", "threshold", "groups", "thresholds", "tiers"}
-MEMBER_KEYS = {"path", "id", "width", "height", "size", "tier", "score", "transform", "distance"}
+DUPLICATES_KEYS = {"by", "threshold", "groups", "thresholds", "tiers",
+                   "checks"}                                     # added later (issue 23)
+MEMBER_KEYS = {"path", "id", "width", "height", "size", "tier", "score", "transform", "distance",
+               "edit", "evidence"}                                # added later (issue 23)
 STATS_KEYS = {"assets", "failed", "embedded", "bytes", "formats", "last_run", "failed_files", "db",
               "by_source", "by_year", "failures_by_reason", "index_bytes",   # added later
               "model", "space"}

@@ -74,7 +74,8 @@ def render(result, thumbs: dict[str, tuple[str | None, str | None]]) -> str:
                 how = '<span class="badge">KEEP</span>'
             else:
                 how = (f'<span class="tier {e(f.tier or "")}">{e(f.tier or "")}</span> '
-                       f'{f.score:.3f}' + (f" &middot; {e(f.transform)}" if f.transform else ""))
+                       f'{f.score:.3f}' + (f" &middot; {e(f.transform)}" if f.transform else "")
+                       + _evidence(f))
             dims = f"{f.width}&times;{f.height}" if f.width else "?"
             parts.append(f'<figure class="{"keep" if keep else "member"}">{img}<figcaption>'
                          f'{how}<br>{dims} &middot; {human_bytes(f.size)}<br>'
@@ -82,6 +83,19 @@ def render(result, thumbs: dict[str, tuple[str | None, str | None]]) -> str:
         parts.append("</div></section>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _evidence(f) -> str:
+    """A member's check against the keeper: the edit, or why it is no copy."""
+    ev = f.evidence
+    if not ev:
+        return ""
+    if ev.get("verified"):
+        what = (f"{ev['inliers']} matching features" if ev.get("method") == "keypoints"
+                else "same pixels")
+        return (f'<br><span class="evidence">{html.escape(f.edit)} &middot; {what}, '
+                f'residual {ev.get("residual", 0):.1f}</span>')
+    return f'<br><span class="evidence">{html.escape(ev.get("reason") or "")}</span>'
 
 
 def write_html(result, path: str | os.PathLike[str], workers: int | None = None) -> Path:

@@ -73,12 +73,15 @@ def emit_csv(result: Any) -> None:
     text = io.StringIO(newline="")
     writer = csv.writer(text)
     writer.writerow(["group", "keep", "path", "id", "width", "height", "size", "tier", "score",
-                     "transform"])
+                     "transform", "edit", "verified", "inliers", "residual"])
     for n, group in enumerate(result.groups, 1):
         for f in group.files:
+            ev = f.evidence or {}
             writer.writerow([n, int(f.path == group.keeper), f.path, f.id, f.width, f.height,
                              f.size, f.tier or "", "" if f.score is None else f.score,
-                             f.transform])
+                             f.transform, f.edit,
+                             "" if not ev else int(bool(ev.get("verified"))),
+                             ev.get("inliers", ""), ev.get("residual", "")])
     emit_bytes(text.getvalue())
 
 
@@ -187,8 +190,23 @@ def index_notes(summary, db: Path | None) -> None:
 
 def _how(result: Any) -> str:
     if result.by == "tiered":
-        return f"tiers {','.join(result.tiers)}"
+        checks = getattr(result, "checks", None) or {}
+        checked = (f"; {checks['checked']} candidate pairs checked on their pictures, "
+                   f"{checks['copies']} copies" if checks.get("candidates") else "")
+        unchecked = (f", {checks['unchecked']} not checked (a file is not there)"
+                     if checks.get("unchecked") else "")
+        return f"tiers {','.join(result.tiers)}{checked}{unchecked}"
     return f"by {result.by}, threshold {result.threshold}"
+
+
+def _checked(f: Any) -> str:
+    """A member's check against the keeper, in one line."""
+    ev = f.evidence
+    if not ev.get("verified"):
+        return f"not a copy: {ev.get('reason') or 'not checked'}"
+    how = (f"{ev['inliers']} matching features" if ev.get("method") == "keypoints"
+           else "same pixels")
+    return f"copy ({how}, residual {ev.get('residual', 0):.1f}): {f.edit}"
 
 
 def duplicates_text(result: Any) -> str:
@@ -207,6 +225,8 @@ def duplicates_text(result: Any) -> str:
             size = f"{f.width}x{f.height}" if f.width else "?"
             lines.append(f"  {how:<34} {size:>11} {human_bytes(f.size):>9}  "
                          f"{show_path(f.path)}")
+            if f.evidence and f.path != group.keeper:
+                lines.append(f"  {'':<34} {_checked(f)}")
     if result.groups:
         files = sum(len(g.files) for g in result.groups)
         lines.append(f"{len(result.groups)} groups, {files} files ({_how(result)})")

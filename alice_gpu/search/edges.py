@@ -13,7 +13,7 @@ A pair ``(a, b)`` with orientation ``t`` means ``b`` looks like ``t`` applied to
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,6 +34,7 @@ NAMING_BITS = 16
 # this many bits (a symmetric picture looks alike mirrored: that is no transform)
 UPRIGHT_MARGIN = 2
 _INV = np.asarray(ORIENT_INVERSE, np.int8)
+CHUNK_PAIRS = 262_144      # pairs whose 8 pHash distances are computed at once
 
 
 @dataclass
@@ -46,6 +47,8 @@ class Edges:
     score: np.ndarray      # float64: 1.0 exact, 1 - bits/64 near, cosine edited / similar
     dist: np.ndarray       # int64 pHash bits in the best orientation, -1 when unknown
     orient: np.ndarray     # int8: b ≈ ORIENTATIONS[orient] of a
+    # (a, b) -> the pictures' check of that pair (verify.Verdict), for the pairs checked
+    evidence: dict = field(default_factory=dict)
 
     @classmethod
     def empty(cls) -> "Edges":
@@ -53,11 +56,11 @@ class Edges:
         return cls(z, z, z.astype(np.int8), z.astype(np.float64), z, z.astype(np.int8))
 
     @classmethod
-    def best_of(cls, parts: list["Edges"]) -> "Edges":
+    def best_of(cls, parts: list["Edges"], evidence: dict | None = None) -> "Edges":
         """One edge per pair: the strongest tier, then the highest score, then identity."""
         parts = [p for p in parts if len(p.a)]
         if not parts:
-            return cls.empty()
+            return cls(*cls.empty().arrays(), evidence=evidence or {})
         a = np.concatenate([p.a for p in parts])
         b = np.concatenate([p.b for p in parts])
         orient = np.concatenate([p.orient for p in parts])
@@ -72,12 +75,18 @@ class Edges:
         first = np.ones(len(a), bool)
         first[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
         keep = order[first]
-        return cls(a[first], b[first], tier[keep], score[keep], dist[keep], orient[keep])
+        return cls(a[first], b[first], tier[keep], score[keep], dist[keep], orient[keep],
+                   evidence or {})
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return self.a, self.b, self.tier, self.score, self.dist, self.orient
+
+    def take(self, mask: np.ndarray) -> "Edges":
+        """The pairs where ``mask`` holds (their evidence kept)."""
+        return Edges(*(x[mask] for x in self.arrays()), evidence=self.evidence)
 
     def only(self, tiers: list[str]) -> "Edges":
-        mask = np.isin(self.tier, [TIERS.index(t) for t in tiers])
-        return Edges(self.a[mask], self.b[mask], self.tier[mask], self.score[mask],
-                     self.dist[mask], self.orient[mask])
+        return self.take(np.isin(self.tier, [TIERS.index(t) for t in tiers]))
 
     def apart(self, sets: dict[int, frozenset[int]]) -> "Edges":
         """Without the pairs a person declared not duplicates: two files that share one
@@ -88,14 +97,11 @@ class Edges:
         mask = np.ones(len(self.a), bool)            # only pairs of two decided files looked at
         for k in np.flatnonzero(np.isin(self.a, decided) & np.isin(self.b, decided)):
             mask[k] = not (sets[int(self.a[k])] & sets[int(self.b[k])])
-        return Edges(self.a[mask], self.b[mask], self.tier[mask], self.score[mask],
-                     self.dist[mask], self.orient[mask])
+        return self.take(mask)
 
     def within(self, ids: np.ndarray) -> "Edges":
         """The pairs whose two files are both among ``ids``."""
-        mask = np.isin(self.a, ids) & np.isin(self.b, ids)
-        return Edges(self.a[mask], self.b[mask], self.tier[mask], self.score[mask],
-                     self.dist[mask], self.orient[mask])
+        return self.take(np.isin(self.a, ids) & np.isin(self.b, ids))
 
     def closeness(self) -> np.ndarray:
         """One number per pair, higher is closer: the tier first, then the score."""
@@ -176,24 +182,36 @@ class OrientedHashes:
         """pHash bits between each pair in its best orientation (b ≈ t(a)), and that t;
         -1 bits where either has no stored orientations."""
         n = len(self.ids)
+        if n == 0 or len(a) > CHUNK_PAIRS:          # a million candidates: 8 codes each, in parts
+            parts = [self._distances(a[s:s + CHUNK_PAIRS], b[s:s + CHUNK_PAIRS])
+                     for s in range(0, len(a), CHUNK_PAIRS)]
+            if not parts:
+                return np.zeros(0, np.int64), np.zeros(0, np.int8)
+            return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+        return self._distances(a, b)
+
+    def _distances(self, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        n = len(self.ids)
         if n == 0:
             return np.full(len(a), -1, np.int64), np.zeros(len(a), np.int8)
         ra = np.minimum(np.searchsorted(self.ids, a), n - 1)
         rb = np.minimum(np.searchsorted(self.ids, b), n - 1)
         known = (self.ids[ra] == a) & (self.ids[rb] == b)
         # b ≈ t(a) when a's orientation-t pHash is close to b's own
-        d = np.bitwise_count(self.codes[ra] ^ self.codes[rb, :1]).astype(np.int64)
+        d = np.bitwise_count(self.codes[ra] ^ self.codes[rb, :1]).astype(np.int8)
         t = np.argmin(d, axis=1)
-        best = d[np.arange(len(a)), t]
+        best = d[np.arange(len(a)), t].astype(np.int64)
         return np.where(known, best, -1), np.where(known, t, 0).astype(np.int8)
 
 
-def embedding_pairs(store: Store, vectors: VectorIndex, threshold: float, device: str
+def embedding_pairs(store: Store, vectors: VectorIndex, threshold: float, device: str,
+                    cap: int | None = None, strong: float | None = None
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(id_a, id_b, cosine) of every pair with cosine >= threshold."""
+    """(id_a, id_b, cosine) of every pair with cosine >= threshold (``cap``, ``strong``:
+    only those :func:`~.ivfjoin.cap_per_node` keeps)."""
     gpu = kernel_device(device)
-    if gpu is None:
-        return vectors.range_pairs(threshold)          # exact when flat, else the IVF join
+    if gpu is None or cap is not None:       # exact when flat, else the IVF join; capped:
+        return vectors.range_pairs(threshold, cap, strong)   # never a dense GPU product
     import torch                                       # exact: blocked brute force on the GPU
 
     from ..gpu.blocked import cosine_pairs
@@ -203,9 +221,15 @@ def embedding_pairs(store: Store, vectors: VectorIndex, threshold: float, device
 
 
 def tiered_edges(store: Store, vectors: VectorIndex, q: QueryConfig, tiers: list[str],
-                 device: str, near: int | None = None) -> Edges:
+                 device: str, near: int | None = None, report: dict | None = None) -> Edges:
     """The tiered answer's pairs, restricted to ``tiers`` (``near``: the near tier's bits,
-    ``q.near_threshold`` by default)."""
+    ``q.near_threshold`` by default); with ``q.verify``, each pair checked on its
+    pictures (:mod:`.copies`), else tiered by the signals alone."""
+    if q.verify:
+        from .copies import verified_edges
+
+        return verified_edges(store, vectors, q, tiers, device,
+                              q.near_threshold if near is None else near, report)
     parts = []
     if "exact" in tiers:
         parts.append(exact_edges(store))

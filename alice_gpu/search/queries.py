@@ -70,6 +70,8 @@ class GroupMember:
     score: float | None = None       # 1.0 exact, 1 - bits/64 near, cosine edited / similar
     transform: str = ""              # how it differs from the keeper: "rotated 90°", "mirrored"
     distance: int | None = None      # pHash bits from the keeper (its best orientation)
+    edit: str = ""                   # a checked copy's edit: "cropped to 72% of the area, ..."
+    evidence: dict | None = None     # the pictures' check: verified, method, inliers, residual...
 
 
 @dataclass(frozen=True)
@@ -110,10 +112,13 @@ class DuplicatesResult:
     groups: list[DuplicateGroup] = field(default_factory=list)
     thresholds: dict = field(default_factory=dict)
     tiers: list[str] = field(default_factory=list)
+    # the pictures' checks: candidates, checked, copies, unchecked, seconds (tiered only)
+    checks: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return {"by": self.by, "threshold": self.threshold, "thresholds": self.thresholds,
-                "tiers": self.tiers, "groups": [g.to_dict() for g in self.groups]}
+                "tiers": self.tiers, "checks": self.checks,
+                "groups": [g.to_dict() for g in self.groups]}
 
 
 def check_by(by: str) -> None:
@@ -254,10 +259,11 @@ def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float 
     rules = chosen_first(chosen, parse_keep(keep or cfg.query.keep))
     order_key = keeper_key(rules)
     q = cfg.query
+    checks: dict = {}
     if by == "tiered":
         wanted = check_tiers(tiers or q.tiers, "tier")
         thr: float = int(q.near_threshold if threshold is None else threshold)
-        edges = tiered_edges(store, vectors, q, wanted, device, near=int(thr))
+        edges = tiered_edges(store, vectors, q, wanted, device, near=int(thr), report=checks)
         thresholds = {"near": thr, "edited": q.edited_threshold}
         if "similar" in wanted:
             thresholds["similar"] = q.similar_threshold
@@ -283,7 +289,16 @@ def duplicates(store: Store, vectors: VectorIndex, *, by: str, threshold: float 
            for members, pairs in linked_groups(edges.a, edges.b, edges.closeness(), rank_of)]
     out.sort(key=lambda g: (-len(g.files), g.files[0].path))
     return DuplicatesResult(by=by, threshold=thr, groups=out, thresholds=thresholds,
-                            tiers=wanted)
+                            tiers=wanted, checks=checks)
+
+
+def _evidence(verdict, from_keeper: bool) -> tuple[str, dict | None]:
+    """A checked pair's edit in words and its evidence, seen from the keeper."""
+    if verdict is None:
+        return "", None
+    from .verify import describe_edit
+
+    return describe_edit(verdict, bool(from_keeper)), verdict.to_dict()
 
 
 def _group(rows: dict[int, dict], members: list[int], pairs: list[tuple[int, int, float]],
@@ -301,9 +316,11 @@ def _group(rows: dict[int, dict], members: list[int], pairs: list[tuple[int, int
         if edges.a[e] != keeper_id:                  # stored as keeper ≈ t(member)
             orient = ORIENT_INVERSE[orient]
         dist = int(edges.dist[e])
+        verdict = edges.evidence.get((int(edges.a[e]), int(edges.b[e])))
         files.append(GroupMember(r["path"], i, r["width"], r["height"], r["size"],
                                  TIERS[edges.tier[e]], round(float(edges.score[e]), 6),
-                                 ORIENTATIONS[orient][0], None if dist < 0 else dist))
+                                 ORIENTATIONS[orient][0], None if dist < 0 else dist,
+                                 *_evidence(verdict, edges.a[e] == keeper_id)))
     files.sort(key=lambda m: m.path)
     runner_up = min((rows[i] for i in members[1:]), key=keeper_key(rules))
     x, y, _ = min(pairs, key=lambda p: (p[2], rows[p[0]]["path"], rows[p[1]]["path"]))

@@ -34,14 +34,14 @@ SIDECAR_FILE = "vectors.json"
 FLAT_MAX = 20_000          # exact below this many vectors (the crossover: RESULTS.md)
 TRAIN_PER_LIST = 32        # training vectors per IVF list (FAISS advises 39: RESULTS.md)
 PROBE_FRACTION = 8         # similar probes nlist / 8 lists (its recall: RESULTS.md)
-GRAPH_PROBES = 4           # duplicates: lists each vector is joined with (RESULTS.md)
+GRAPH_PROBES = 4           # duplicates: lists each vector is joined with (RESULTS.md);
+CANDIDATE_PROBES = 2       # for the capped candidates of checked pairs (RESULTS.md, issue 23)
 SQ_MARGIN = 0.2            # SQ8 ranges: the sample's min..max, widened by 20% each side
 RETRAIN_GROWTH = 4         # retrain once the index holds 4x what it was trained on
 CHUNK = 4096               # vectors per streamed slice (20 MiB at 1280-d, and FAISS's
                            # assignment of a slice to 2048 lists: 32 MiB more)
-# duplicates' pairs among at most this many vectors are one dense product in numpy,
-# read from the store without FAISS or pyarrow, whose imports cost more than the whole
-# search at this size (benchmarks/bench_duplicates.py)
+# pairs among at most this many vectors: one dense numpy product from the store, without
+# FAISS or pyarrow, whose imports cost more than the search (bench_duplicates.py)
 DENSE_PAIRS_MAX = 4096
 DENSE_BLOCK = 1024         # rows per block of the dense product (1024 x 4096 floats: 16 MiB)
 BASE_MB = 200              # a query process besides the index (measured: RESULTS.md)
@@ -99,6 +99,7 @@ class VectorIndex:
         # the lock while it uses the index, and the writer's changes then wait in pending
         self.lock = threading.RLock()
         self.pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.mapped = False          # the index in memory is a read-only mapping of the file
 
     def is_current(self) -> bool:
         """Does the file on disk reflect the store as it is now? (reads only the sidecar)"""
@@ -117,6 +118,12 @@ class VectorIndex:
         """
         self.deferred = True
         self.index = None
+
+    def release(self) -> None:
+        """Unmap a file-backed index a query is done with (its pages leave the process's
+        memory; the next use maps it again). A live index (the holder's) stays."""
+        if self.mmap and not self.pending:
+            self.index = None
 
     @property
     def kind(self) -> str:
@@ -140,6 +147,7 @@ class VectorIndex:
             if not isinstance(index, expected):
                 raise ValueError(f"unexpected index type {type(index).__name__}")
             self.index, self.meta = index, meta
+            self.mapped = bool(self.mmap)          # a read-only mapping of the file
             return self.index
         except FileNotFoundError:
             reason = "missing"
@@ -198,6 +206,7 @@ class VectorIndex:
         for ids, mat in self._slices():
             index.add_with_ids(np.ascontiguousarray(mat), ids)
         self.index, self.meta = index, meta
+        self.mapped = False
         self.rebuilt = True
         try:
             self.save(version)   # also after a read-only open: the file is derived
@@ -268,6 +277,7 @@ class VectorIndex:
         with self.lock:
             reader = copy.copy(self)
             reader.store, reader.memory_mb, reader.mmap = store, memory_mb, False
+            reader.mapped = False             # a live index: never let go of its pages
             if self.deferred or self.index is None:
                 self.deferred = False         # the writer's changes from now on: pending
                 reader.deferred, reader.index = False, None
@@ -329,31 +339,46 @@ class VectorIndex:
         keep = ids[0] >= 0
         return scores[0][keep], ids[0][keep]
 
-    def range_pairs(self, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Pairs (a < b) with cosine >= threshold: (id_a, id_b, score).
+    def range_pairs(self, threshold: float, cap: int | None = None,
+                    strong: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pairs (a < b) with cosine >= threshold: (id_a, id_b, score); ``cap``: only
+        the pairs among each vector's ``cap`` closest, past its closest only those at
+        ``strong`` or above (:func:`~.ivfjoin.cap_per_node`).
 
-        Exact (a range search, vectors streamed from the store) on a flat index; on
-        an IVF index, each vector against the members of its ``GRAPH_PROBES`` nearest
-        lists (:mod:`.ivfjoin`): never an n x n matrix.
+        Exact on a flat index (capped: each vector's cap + 1 nearest); on an IVF index,
+        each vector against the members of its nearest lists (:mod:`.ivfjoin`).
         """
+        from .ivfjoin import cap_per_node
+
         if self.index is None and self.store.embedding_count() <= DENSE_PAIRS_MAX:
             ids, mat = self.store.embedding_matrix()
-            return dense_pairs(ids, mat, float(threshold))
+            return cap_per_node(*dense_pairs(ids, mat, float(threshold)), cap, strong)
         index = self.load()
         if self.kind == "ivf":
             from .ivfjoin import ivf_pairs
 
-            return ivf_pairs(index, float(threshold), GRAPH_PROBES)
+            probes = GRAPH_PROBES if cap is None else CANDIDATE_PROBES
+            return cap_per_node(*ivf_pairs(index, float(threshold), probes, cap, strong,
+                                           mapped=self.mapped), cap, strong)
         parts = []
         for ids, mat in self._flat_slices(index):
-            lims, dist, labels = index.range_search(np.ascontiguousarray(mat), float(threshold))
-            rows = np.repeat(ids, np.diff(lims).astype(np.int64))
-            keep = (labels >= 0) & (rows < labels)
-            parts.append((rows[keep], labels[keep], dist[keep]))
+            mat = np.ascontiguousarray(mat)
+            if cap is None:
+                lims, dist, labels = index.range_search(mat, float(threshold))
+                rows = np.repeat(ids, np.diff(lims).astype(np.int64))
+            else:                  # capped: each vector's cap + 1 nearest, not a range
+                k = min(cap + 1, int(index.ntotal))
+                dist, labels = index.search(mat, k)
+                rows, dist, labels = np.repeat(ids, k), dist.ravel(), labels.ravel()
+            keep = (labels >= 0) & (rows != labels) & (dist >= threshold)
+            lo, hi = np.minimum(rows, labels)[keep], np.maximum(rows, labels)[keep]
+            parts.append((lo, hi, dist[keep]))
         if not parts:
             return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
         a, b, d = (np.concatenate(x) for x in zip(*parts))
-        return a.astype(np.int64), b.astype(np.int64), d
+        pair, first = np.unique(np.stack([a, b], axis=1).astype(np.int64), axis=0,
+                                return_index=True)
+        return cap_per_node(pair[:, 0], pair[:, 1], d[first], cap, strong)
 
 
 def dense_pairs(ids: np.ndarray, mat: np.ndarray, threshold: float

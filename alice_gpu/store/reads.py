@@ -133,6 +133,16 @@ class Reads:
                                    f"FROM assets a JOIN _q USING (id)")
             return {row[0]: _row(row) for row in cur.fetchall()}
 
+    def paths_by_ids(self, ids: np.ndarray) -> dict[int, str]:
+        """id -> path of the given ids (only the paths: a million ids stay light)."""
+        ids = np.asarray(ids, np.int64)
+        if not len(ids):
+            return {}
+        with registered(self.con, "_q", id=(ids, "int64")):
+            rows = self.con.execute("SELECT a.id, a.path FROM assets a JOIN _q USING (id)"
+                                    ).fetchall()
+        return {int(i): from_db(p) for i, p in rows}
+
     def hashes(self, kind: str) -> tuple[np.ndarray, np.ndarray]:
         """(ids int64, hashes uint64) of every OK asset."""
         if kind not in HASHES:

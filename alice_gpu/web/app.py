@@ -168,7 +168,14 @@ DIFF_ROWS = (
     ("tier", lambda f: "keeper" if f["keeper"] else (f["member"].tier or "-")),
     ("score", lambda f: "" if f["keeper"] else f"{f['member'].score:.3f}"),
     ("transform", lambda f: f["member"].transform or "-"),
+    ("edit", lambda f: "" if f["keeper"] else (f["member"].edit or _why_not(f["member"]))),
 )
+
+
+def _why_not(member: Any) -> str:
+    """Why a member that was checked is no copy (or '-' when it was not checked)."""
+    ev = member.evidence or {}
+    return ev.get("reason") or "-"
 
 
 def human_bytes(n: Any) -> str:

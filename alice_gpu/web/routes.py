@@ -183,6 +183,7 @@ def _groups_routes(api: APIRouter, state: "WebState") -> None:
             record = record_json(answer(idx.asset, f.id))
             files.append({**record, "tier": f.tier, "score": f.score,
                           "transform": f.transform, "distance": f.distance,
+                          "edit": f.edit, "evidence": f.evidence,
                           "keeper": f.path == group.keeper})
         return {**_summary(gid, group), "files": files}
 
