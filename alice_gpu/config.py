@@ -138,7 +138,7 @@ class QueryConfig:
     verify: bool = True
     candidate_threshold: float = 0.6
     candidates_per_image: int = 5
-    nearest_threshold: float = 0.3     # each file's nearest neighbour is checked down to this
+    nearest_threshold: float = 0.45    # each file's nearest neighbour is checked down to this
     verify_workers: int = 0            # processes checking pairs (0: one per core)
     edited_threshold: float = 0.85
     similar_threshold: float = 0.7

@@ -89,8 +89,10 @@ def test_every_question_is_answered_while_the_index_is_written(collection, tmp_p
     media, outside = collection
     db = tmp_path / "db"
     first = sorted(media.iterdir())[0]
-    cfg = tmp_path / "commits.yaml"         # a commit every 100 files: readers see them come
-    cfg.write_text("performance:\n  transaction_size: 100\n")
+    cfg = tmp_path / "commits.yaml"         # a commit every 100 files: readers see them come;
+    # one decode worker: the run lasts while the questions (duplicates checks pictures) are
+    # asked on the other core
+    cfg.write_text("performance:\n  transaction_size: 100\n  max_workers: 1\n")
     run = _start_index(media, db, "--config", cfg)
     try:
         _until_committed(run, 100)
