@@ -24,6 +24,17 @@ MEDIA_EXTENSIONS = frozenset({
     ".ppm", ".pgm", ".pbm", ".tga", ".ico",
 })
 
+VIDEO_EXTENSIONS = frozenset({
+    ".mp4", ".m4v", ".mov", ".qt", ".3gp", ".3g2", ".mkv", ".webm", ".avi", ".mts",
+    ".m2ts", ".mpg", ".mpeg", ".wmv", ".asf", ".flv", ".ogv", ".insv", ".lrv",
+})
+# what a skipped video is counted as without the [video] extra (``Discovery.skipped``)
+VIDEO_SKIPPED = "video: install alice-gpu[video]"
+# ISO-BMFF brands of video files (phones, cameras, encoders, screen recorders)
+_VIDEO_BRANDS = (b"isom", b"iso2", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"avc1",
+                 b"qt  ", b"M4V ", b"M4VP", b"3gp4", b"3gp5", b"3gp6", b"3g2a", b"MSNV",
+                 b"dash", b"XAVC", b"mmp4", b"f4v ", b"kddi", b"hvc1", b"av01", b"cmfc")
+
 # leading bytes of the formats we decode; used for files with no/unknown extension
 _MAGIC: tuple[tuple[int, bytes], ...] = (
     (0, b"\xff\xd8\xff"),            # JPEG
@@ -59,14 +70,67 @@ def sniff_media(path: str) -> bool:
     return any(head[off:off + len(magic)] == magic for off, magic in _MAGIC)
 
 
+def sniff_video(head: bytes) -> bool:
+    """True when leading bytes are a video container's: ISO-BMFF (MP4, MOV, 3GP) with a
+    video brand, Matroska/WebM, AVI, MPEG-TS (sync bytes 188 apart) or MPEG-PS."""
+    if head[4:8] == b"ftyp":
+        return head[8:12] in _VIDEO_BRANDS
+    if head[4:8] in (b"moov", b"mdat", b"wide", b"free") and len(head) >= 8:
+        return True                                    # old QuickTime, no ftyp
+    return (head[:4] == b"\x1aE\xdf\xa3" or (head[:4] == b"RIFF" and head[8:12] == b"AVI ")
+            or (len(head) > 188 and head[0] == 0x47 and head[188] == 0x47)
+            or head[:4] == b"\x00\x00\x01\xba")
+
+
+def _head(path: str, n: int = 200) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(n)
+    except OSError:
+        return b""
+
+
+def video_support() -> bool:
+    """True when PyAV (the ``[video]`` extra) is installed; without it videos are
+    counted as skipped (``VIDEO_SKIPPED``), never silently ignored."""
+    from importlib.util import find_spec
+
+    global _VIDEO_SUPPORT
+    if _VIDEO_SUPPORT is None:
+        _VIDEO_SUPPORT = find_spec("av") is not None
+    return _VIDEO_SUPPORT
+
+
+_VIDEO_SUPPORT: bool | None = None
+
+
+def is_video(path: str) -> bool:
+    """A video by its extension (``.ts``, and files with no extension, by content)."""
+    ext = os.path.splitext(path)[1].lower()
+    if ext in VIDEO_EXTENSIONS:
+        return True
+    return ext in (".ts", "", ".bin", ".dat", ".tmp", ".download") and sniff_video(_head(path))
+
+
 def is_media(path: str) -> bool:
-    """Extension first (cheap), content sniffing for files without a media extension."""
+    """Extension first (cheap), content sniffing for files without a media extension;
+    videos only with the ``[video]`` extra."""
     ext = os.path.splitext(path)[1].lower()
     if ext in MEDIA_EXTENSIONS:
         return True
+    if ext in VIDEO_EXTENSIONS or ext == ".ts":
+        return video_support() and is_video(path)
     if ext in ("", ".bin", ".dat", ".tmp", ".download"):
-        return sniff_media(path)
+        return sniff_media(path) or (video_support() and sniff_video(_head(path)))
     return False
+
+
+def _skipped_kind(path: str, name: str) -> str:
+    """How a file that is not indexed is counted: a video without the extra as such,
+    anything else by its extension."""
+    if not video_support() and is_video(path):
+        return VIDEO_SKIPPED
+    return _kind(name)
 
 
 def normalize_path(path: str | os.PathLike[str]) -> str:
@@ -100,7 +164,7 @@ def _scan(folder: str) -> tuple[list[FileEntry], list[str], Counter]:
                 continue  # symlinks, FIFOs, sockets, devices: never opened
             if not is_media(entry.path):
                 if not entry.name.startswith("."):
-                    skipped[_kind(entry.name)] += 1
+                    skipped[_skipped_kind(entry.path, entry.name)] += 1
                 continue
             st = entry.stat(follow_symlinks=False)
         except OSError:
@@ -130,7 +194,7 @@ def walk(roots: Iterable[str | os.PathLike[str]], threads: int = 1,
                 if is_media(root):
                     yield FileEntry(root, st.st_size, st.st_mtime_ns)
                 elif skipped is not None:
-                    skipped[_kind(root)] += 1
+                    skipped[_skipped_kind(root, root)] += 1
                 continue
             level = [root]
             while level:

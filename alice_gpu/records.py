@@ -50,6 +50,22 @@ class FileEntry:
 
 
 @dataclass(slots=True)
+class VideoFrames:
+    """A video's sampled frames: (F, S, S, 3) uint8 working images (or (F, S, S) luma)
+    at ``times`` seconds; ``hashes`` (one dict per frame, as ``Decoded.hashes``) once
+    hashed, ``embeddings`` (F, D) once embedded; ``poster`` is the frame shown for it."""
+
+    pixels: np.ndarray | None
+    times: np.ndarray
+    poster: int = 0
+    hashes: list[dict[str, int]] | None = None
+    embeddings: np.ndarray | None = None
+
+    def __reduce__(self):
+        return VideoFrames, (self.pixels, self.times, self.poster, self.hashes, self.embeddings)
+
+
+@dataclass(slots=True)
 class Decoded:
     """The outcome for one file; ``pixels`` is (S, S, 3) uint8 (or (S, S) luma) when OK."""
 
@@ -67,13 +83,15 @@ class Decoded:
     raw: bytes | None = None                   # JPEG bytes for the GPU decoder
     orientation: int = 1
     meta: dict | None = None                   # decode.metadata.extract: EXIF, generation data
+    frames: VideoFrames | None = None          # a video's sampled frames (pixels = its poster)
 
     def __reduce__(self):
         # every file comes back from a worker as one of these: a plain tuple pickles
         # faster than a slots dataclass's default state (fields() per object)
         return Decoded, (self.path, self.size, self.mtime_ns, self.status, self.error,
                          self.width, self.height, self.format, self.pixels,
-                         self.content_hash, self.hashes, self.raw, self.orientation, self.meta)
+                         self.content_hash, self.hashes, self.raw, self.orientation, self.meta,
+                         self.frames)
 
     @classmethod
     def failed(cls, entry: FileEntry, reason: str) -> "Decoded":
@@ -97,6 +115,7 @@ class AssetRecord:
     id: int | None = None
     content_hash: str | None = None
     meta: dict | None = None
+    frames: VideoFrames | None = None      # a video's frames: times, hashes, embeddings
 
     @classmethod
     def of(cls, d: Decoded, hashes: dict[str, int] | None = None,
@@ -108,4 +127,5 @@ class AssetRecord:
                        format=d.format, content_hash=d.content_hash, meta=d.meta)
         return cls(path=d.path, size=d.size, mtime_ns=d.mtime_ns, status=STATUS_OK,
                    width=d.width, height=d.height, format=d.format, hashes=hashes or {},
-                   embedding=embedding, content_hash=d.content_hash, meta=d.meta)
+                   embedding=embedding, content_hash=d.content_hash, meta=d.meta,
+                   frames=d.frames)

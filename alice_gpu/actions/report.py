@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from ..decode.thumbs import render as render_image
+from ..decode.thumbs import render_file
 from . import human_bytes
 from ..errors import QueryError
 
@@ -27,8 +27,7 @@ THUMB = 200     # px, the long side of a thumbnail
 def thumbnail(path: str, size: int = THUMB) -> tuple[str | None, str | None]:
     """(data URI of an upright JPEG thumbnail, None), or (None, why there is none)."""
     try:
-        with open(path, "rb") as fh:
-            jpeg = render_image(fh.read(), size, "JPEG")
+        jpeg = render_file(path, size, "JPEG")    # a video: its poster frame
     except Exception as exc:  # noqa: BLE001 - any unreadable file is a line in the page
         return None, f"no preview ({type(exc).__name__})"
     return "data:image/jpeg;base64," + base64.b64encode(jpeg).decode("ascii"), None

@@ -64,6 +64,8 @@ class Media:
 
         row = self._source(asset_id)
         key = f"{int(asset_id)}-{int(size)}-{row['size']}-{row['mtime_ns']}"
+        if row.get("kind") == "video":              # its poster frame
+            return self._thumb_cache().get(key, lambda: _poster(row["path"], int(size)))
         return self._thumb_cache().get(key, lambda: render(_read(row["path"]), int(size)))
 
     @routed
@@ -73,6 +75,8 @@ class Media:
         from ..decode.thumbs import BROWSER_FORMATS, render
 
         row = self._source(asset_id)
+        if row.get("kind") == "video":              # the poster frame, not the video
+            return _poster(row["path"], FULL_SIZE, "JPEG"), "image/jpeg"
         data = _read(row["path"])
         if row.get("format") in BROWSER_FORMATS:
             return data, BROWSER_FORMATS[row["format"]]
@@ -199,3 +203,17 @@ def _read(path: str) -> bytes:
             return fh.read()
     except OSError as exc:
         raise QueryError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _poster(path: str, size: int, fmt: str = "WEBP") -> bytes:
+    """A video's poster frame as ``fmt`` bytes; a video that cannot be read is a
+    one-line error, as an unreadable picture is."""
+    from ..decode.thumbs import render_file
+    from ..errors import QueryError
+
+    try:
+        return render_file(path, size, fmt)
+    except OSError as exc:
+        raise QueryError(f"cannot read {path}: {exc.strerror}") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged video: said in one line
+        raise QueryError(f"cannot show a frame of {path}: {exc}") from None

@@ -16,7 +16,8 @@ from ..config import QUERY_KINDS
 from .app import EXIT_FAILED_FILES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, app, call, fail, \
     open_api
 from .options import (CONFIG, DB, DEVICE, F_CAMERA, F_FORMAT, F_IN, F_PROMPT, F_SINCE, F_SOURCE,
-                      F_MODEL, F_TAG, F_UNTIL, JSON, RUNTIME, choice, filters, profiles)
+                      F_KIND, F_MODEL, F_TAG, F_UNTIL, JSON, RUNTIME, choice, filters,
+                      profiles)
 from .render import (Progress, console, emit_json, hex64, index_summary, say, show_path)
 
 # ------------------------------------------------------------------ index options
@@ -107,10 +108,10 @@ def similar(image: Path = A_IMAGE, k: Optional[int] = O_K, by: str = O_BY,
             camera: Optional[str] = F_CAMERA, since: Optional[str] = F_SINCE,
             until: Optional[str] = F_UNTIL, folder: Optional[Path] = F_IN,
             fmt: Optional[str] = F_FORMAT,
-            model: Optional[str] = F_MODEL, db: Optional[Path] = DB, json_out: bool = JSON,
+            model: Optional[str] = F_MODEL, kind: Optional[str] = F_KIND, db: Optional[Path] = DB, json_out: bool = JSON,
             config: Optional[Path] = CONFIG) -> int:
     """Top-k look-alikes of one image, best first (among the files the filters keep)."""
-    chosen = filters(tag, source, prompt, camera, since, until, folder, fmt, model)
+    chosen = filters(tag, source, prompt, camera, since, until, folder, fmt, model, kind)
     api = open_api(db, config, runtime=runtime)
     result = call(api.similar, str(image), k=k, by=by, device=device,
                   filters=None if chosen.empty() else chosen)
@@ -142,11 +143,11 @@ def find(tag: Optional[List[str]] = F_TAG, source: Optional[str] = F_SOURCE,
          prompt: Optional[str] = F_PROMPT, camera: Optional[str] = F_CAMERA,
          since: Optional[str] = F_SINCE, until: Optional[str] = F_UNTIL,
          folder: Optional[Path] = F_IN, fmt: Optional[str] = F_FORMAT,
-         model: Optional[str] = F_MODEL,
+         model: Optional[str] = F_MODEL, kind: Optional[str] = F_KIND,
          limit: Optional[int] = O_LIMIT, db: Optional[Path] = DB, json_out: bool = JSON,
          config: Optional[Path] = CONFIG) -> int:
     """Files by what made them, when, where and their tags (every file without filters)."""
-    chosen = filters(tag, source, prompt, camera, since, until, folder, fmt, model)
+    chosen = filters(tag, source, prompt, camera, since, until, folder, fmt, model, kind)
     api = open_api(db, config)
     if json_out:
         call(_find_json, api, chosen, limit)
@@ -223,8 +224,8 @@ def stats(db: Optional[Path] = DB, json_out: bool = JSON,
 
     table = Table(title=Text(f"alice-gpu index at {show_path(info['db'])}"), show_header=False,
                   box=None)
-    for key in ("assets", "failed", "embedded", "bytes"):
-        table.add_row(key, f"{info[key]:,}")
+    for key in ("assets", "videos", "failed", "embedded", "bytes"):
+        table.add_row(key, f"{info.get(key, 0):,}")
     if info["embedded"]:
         table.add_row("embeddings", f"{info['model']}, {info['space']}")
     table.add_row("formats", Text(", ".join(f"{k} {v}" for k, v in info["formats"].items())
@@ -234,6 +235,8 @@ def stats(db: Optional[Path] = DB, json_out: bool = JSON,
         table.add_row("last run", f"#{last['id']} at {last['finished_at']}: {last['files_seen']} "
                       f"seen, {last['decoded']} decoded, {last['failed']} failed, "
                       f"{last['seconds']:.1f}s")
+    if info.get("skipped"):
+        table.add_row("skipped", Text(", ".join(f"{n} {k}" for k, n in info["skipped"].items())))
     console().print(table)
     for f in info["failed_files"]:
         say(f"failed: {show_path(f['path'])}: {f['error']}")
@@ -257,9 +260,9 @@ def _tag_command(add: bool) -> Callable[..., int]:
                   camera: Optional[str] = F_CAMERA, since: Optional[str] = F_SINCE,
                   until: Optional[str] = F_UNTIL, folder: Optional[Path] = F_IN,
                   fmt: Optional[str] = F_FORMAT,
-                  model: Optional[str] = F_MODEL, db: Optional[Path] = DB, json_out: bool = JSON,
+                  model: Optional[str] = F_MODEL, kind: Optional[str] = F_KIND, db: Optional[Path] = DB, json_out: bool = JSON,
                   config: Optional[Path] = CONFIG) -> int:
-        chosen = filters(tag, source, prompt, camera, since, until, folder, fmt, model)
+        chosen = filters(tag, source, prompt, camera, since, until, folder, fmt, model, kind)
         if not paths and chosen.empty():
             raise typer.BadParameter("name files or folders, or filters (e.g. --source "
                                      "comfyui); to tag every file use --in /", param_hint="PATH")

@@ -11,7 +11,7 @@ import typer
 from ..config import DUPLICATE_KINDS, QUERY_KINDS, threshold_problem
 from .app import EXIT_FAILED_FILES, EXIT_OK, app, call, open_api
 from .options import (CONFIG, DB, DEVICE, F_CAMERA, F_FORMAT, F_IN, F_PROMPT, F_SINCE, F_SOURCE,
-                      F_MODEL, F_TAG, F_UNTIL, JSON, RUNTIME, choice, filters)
+                      F_KIND, F_MODEL, F_TAG, F_UNTIL, JSON, RUNTIME, choice, filters)
 from .render import console, duplicates_text, emit_csv, emit_json, moves_text, say, show_path
 
 O_BY = typer.Option("tiered", "--by", **choice("--by", DUPLICATE_KINDS),
@@ -48,7 +48,7 @@ def duplicates(by: str = O_BY, threshold: Optional[float] = O_THRESHOLD,
                camera: Optional[str] = F_CAMERA, since: Optional[str] = F_SINCE,
                until: Optional[str] = F_UNTIL, folder: Optional[Path] = F_IN,
                fmt: Optional[str] = F_FORMAT,
-               model: Optional[str] = F_MODEL, config: Optional[Path] = CONFIG) -> int:
+               model: Optional[str] = F_MODEL, kind: Optional[str] = F_KIND, config: Optional[Path] = CONFIG) -> int:
     """Groups of duplicates, largest first, each with the file to keep and why.
 
     Exit codes: 0 done; 1 some files could not be moved (each one is listed and left
@@ -56,7 +56,7 @@ def duplicates(by: str = O_BY, threshold: Optional[float] = O_THRESHOLD,
     memory budget.
     """
     _check_flags(by, threshold, json_out, csv_out, tiers, keep, act_on, move_to, dry_run)
-    chosen = filters(tag, source, prompt, camera, since, until, folder, fmt, model)
+    chosen = filters(tag, source, prompt, camera, since, until, folder, fmt, model, kind)
     chosen = None if chosen.empty() else chosen
     api = open_api(db, config)
     report = None

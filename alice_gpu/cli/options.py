@@ -81,14 +81,18 @@ F_MODEL = typer.Option(None, "--model", help="Only files made with a model whose
                        "contains this text.")
 
 
+F_KIND = typer.Option(None, "--kind", **choice("--kind", ("image", "video")),
+                      help="Only images, or only videos.")
+
+
 def filters(tag, source, prompt, camera, since, until, folder: Path | None, fmt,
-            model: str | None = None):
+            model: str | None = None, kind: str | None = None):
     """The filters as the API takes them; a bad source or format name is a usage error."""
     from ..errors import QueryError
     from ..store.filters import Filters, format_name, source_name
 
     f = Filters(tuple(tag or ()), source, prompt, camera, since, until,
-                None if folder is None else str(folder), fmt, model)
+                None if folder is None else str(folder), fmt, model, kind)
     try:
         if f.source:
             source_name(f.source)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..actions import human_bytes
+from ..discover import VIDEO_SKIPPED
 from ..errors import command_line
 
 
@@ -168,14 +169,19 @@ def index_summary(summary, folder: Path, db: Path | None) -> None:
 
 def index_notes(summary, db: Path | None) -> None:
     """What a person should know after a run: nothing found, files skipped, failures."""
-    if summary.skipped:
+    skipped = dict(summary.skipped)
+    videos = skipped.pop(VIDEO_SKIPPED, 0)
+    if videos:        # once a run: how to have them indexed
+        say(f"{videos} video(s) skipped: video support is not installed; "
+            f"enable it with: pip install 'alice-gpu[video]'")
+    if skipped:
         kinds = ", ".join(f"{ext} {n}" for ext, n in
-                          sorted(summary.skipped.items(), key=lambda kv: (-kv[1], kv[0]))[:8])
-        say(f"{sum(summary.skipped.values())} files skipped as unsupported, by extension "
+                          sorted(skipped.items(), key=lambda kv: (-kv[1], kv[0]))[:8])
+        say(f"{sum(skipped.values())} files skipped as unsupported, by extension "
             f"({kinds})")
     if summary.files_seen == 0:
         say("no images found under the given paths (alice-gpu reads JPEG, PNG, HEIC/HEIF, AVIF, "
-            "WebP, GIF, TIFF, BMP and a few more)")
+            "WebP, GIF, TIFF, BMP and a few more, and videos with alice-gpu[video])")
     if summary.removals_held:
         say(f"{summary.removals_held} indexed files have vanished (more than half): "
             f"kept; run with --prune to remove them")

@@ -17,7 +17,9 @@ import numpy as np
 from PIL import Image
 
 from ..errors import reason
-from ..records import STATUS_FAILED, STATUS_OK, STATUS_RAW, STATUS_SAME, Decoded, FileEntry
+from ..discover import is_video
+from ..records import (STATUS_FAILED, STATUS_OK, STATUS_RAW, STATUS_SAME, Decoded, FileEntry,
+                       VideoFrames)
 from . import blocks, jpeg
 from .metadata import extract, frame_count
 from .pillow import (clean_aperture, finish, open_image, openable, orientation_of, oriented,
@@ -70,6 +72,8 @@ def decode_file(entry: FileEntry, plan: DecodePlan, known: frozenset[str] = _NOT
     scale and the working image is estimated from those block means (:mod:`.blocks`).
     """
     out = Decoded(entry.path, entry.size, entry.mtime_ns, STATUS_FAILED)
+    if is_video(entry.path):
+        return _video_file(entry, plan, known, out)
     data = None
     try:
         with warnings.catch_warnings():
@@ -81,6 +85,36 @@ def decode_file(entry: FileEntry, plan: DecodePlan, known: frozenset[str] = _NOT
             out.status = _decode_bytes(data, plan, out)
     except Exception as exc:  # bad input is data: any failure becomes a record
         out.status, out.error, out.pixels = STATUS_FAILED, failure_reason(exc, data), None
+    return out
+
+
+def _video_file(entry: FileEntry, plan: DecodePlan, known: frozenset[str], out: Decoded
+                ) -> Decoded:
+    """A video: streamed for its SHA-256 (never held whole), then sampled (:mod:`.video`);
+    its poster frame is the record's working image."""
+    from .metadata import META_VERSION
+    from .video import VideoError, available, decode_video, file_sha256
+
+    out.meta = {"kind": "video"}           # a failed video is still counted as one
+    try:
+        out.content_hash, out.size, out.mtime_ns = file_sha256(entry.path)
+        if out.content_hash in known:
+            out.status = STATUS_SAME
+            return out
+        if not available():
+            raise VideoError("video, but PyAV is not installed (pip install 'alice-gpu[video]')")
+        got = decode_video(entry.path, plan.working_size, plan.mode)
+    except VideoError as exc:
+        out.status, out.error = STATUS_FAILED, str(exc)
+        return out
+    except Exception as exc:  # bad input is data: any failure becomes a record
+        out.status, out.error = STATUS_FAILED, reason(exc)
+        return out
+    out.status, out.format, out.width, out.height = STATUS_OK, got.format, got.width, got.height
+    out.pixels = got.frames[got.poster]
+    out.frames = VideoFrames(got.frames, got.times, got.poster)
+    out.meta = {**got.facts, "mode": "video", "kind": "video",
+                "meta_version": META_VERSION if plan.metadata else 0}
     return out
 
 

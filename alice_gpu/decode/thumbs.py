@@ -37,6 +37,21 @@ def render(data: bytes, size: int, fmt: str = "WEBP", quality: int = 80) -> byte
     return out.getvalue()
 
 
+def render_file(path: str, size: int, fmt: str = "WEBP", quality: int = 80) -> bytes:
+    """``render`` of a file: a picture's bytes, or a video's poster frame (read by
+    seeking, never the whole file)."""
+    from ..discover import is_video
+
+    if is_video(path):
+        from .video import poster
+
+        out = io.BytesIO()
+        poster(path, size).convert("RGB").save(out, fmt, quality=quality)
+        return out.getvalue()
+    with open(path, "rb") as fh:
+        return render(fh.read(), size, fmt, quality)
+
+
 def image_format(data: bytes) -> str | None:
     """The format Pillow names for ``data`` (allowlisted formats only), or None."""
     try:

@@ -150,6 +150,10 @@ def hash_decoded(decoded: Sequence[Decoded]) -> None:
     batch = hashes(np.stack([d.pixels for d in ok]))
     for i, d in enumerate(ok):
         d.hashes = {k: int(v[i]) for k, v in batch.items()}
+        if d.frames is not None and d.frames.pixels is not None:   # a video: every frame
+            got = hashes(d.frames.pixels)
+            d.frames.hashes = [{k: int(v[j]) for k, v in got.items()}
+                               for j in range(len(d.frames.times))]
 
 
 def hash_hex(value: int) -> str:

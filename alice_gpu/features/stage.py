@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 from ..decode import DecodePlan
 from ..records import STATUS_OK, STATUS_RAW, AssetRecord, Decoded, FileEntry
 from .clock import StageClock
+from .frames import frames_of, per_item
 from .worker import decode_and_hash
 
 if TYPE_CHECKING:
@@ -74,15 +75,16 @@ class Featuriser:
         host = [i for i, d in enumerate(items) if d.status == STATUS_OK]
         if host:
             need = any(items[i].hashes is None for i in host)
-            pending = self.extractor.submit([items[i].pixels for i in host], hashes=need,
-                                            embed=self.embed, timer=self.timer)
-            launched.append((host, pending))
+            pixels, owners = frames_of([items[i] for i in host], host)
+            pending = self.extractor.submit(pixels, hashes=need, embed=self.embed,
+                                            timer=self.timer)
+            launched.append((owners, pending))
 
         def rows() -> list[AssetRecord]:
             out = {i: AssetRecord.of(d) for i, d in enumerate(items)
                    if d.status not in (STATUS_OK, STATUS_RAW)}
             for idx, pending in launched:
-                for i, f in zip(idx, pending.result()):
+                for i, f in per_item(items, idx, pending.result()):
                     d = items[i]
                     hashes = d.hashes if d.hashes is not None else f.hashes
                     out[i] = AssetRecord.of(d, hashes, f.embedding, f.error)

@@ -34,4 +34,6 @@ def decode_and_hash(entries: Iterable[FileEntry], plan: DecodePlan, known: Known
         for d in out:
             if d.status == STATUS_OK:
                 d.pixels = None
+                if d.frames is not None:
+                    d.frames.pixels = None
     return out

@@ -70,6 +70,8 @@ def verified_edges(store: Store, vectors: VectorIndex, q: QueryConfig, tiers: li
         else q.candidate_threshold
     cand = candidate_edges(store, vectors, hashes, q, floor, near, device)
     cand = cand.take(~np.isin(_keys(cand.a, cand.b), _keys(same.a, same.b)))  # nothing to check
+    videos = store.video_ids()                      # videos are aligned apart (.videos)
+    cand = cand.take(~(np.isin(cand.a, videos) | np.isin(cand.b, videos)))
     t = time.perf_counter()
     checked = _check(store, cand, q, progress)           # row -> verdict, for the rows checked
     ok = np.zeros(len(cand.a), bool)

@@ -224,7 +224,31 @@ def tiered_edges(store: Store, vectors: VectorIndex, q: QueryConfig, tiers: list
                  device: str, near: int | None = None, report: dict | None = None) -> Edges:
     """The tiered answer's pairs, restricted to ``tiers`` (``near``: the near tier's bits,
     ``q.near_threshold`` by default); with ``q.verify``, each pair checked on its
-    pictures (:mod:`.copies`), else tiered by the signals alone."""
+    pictures (:mod:`.copies`), else tiered by the signals alone. Videos pair with videos
+    only (exact: same bytes; else their frames aligned in time, :mod:`.videos`)."""
+    edges = _picture_edges(store, vectors, q, tiers, device, near, report)
+    videos = store.video_ids()
+    if not len(videos):
+        return edges
+    from .videos import video_pairs
+
+    mixed = (np.isin(edges.a, videos) | np.isin(edges.b, videos)) & (edges.tier != EXACT)
+    edges = edges.take(~mixed)
+    floor = q.similar_threshold if "similar" in tiers else 2.0
+    found = video_pairs(store, vectors, q, floor, report)
+    if not found:
+        return edges
+    a, b, tier, score, orient, verdicts = zip(*found)
+    part = Edges(np.asarray(a, np.int64), np.asarray(b, np.int64),
+                 np.asarray([TIERS.index(t) for t in tier], np.int8),
+                 np.asarray(score, np.float64), np.full(len(a), -1, np.int64),
+                 np.asarray(orient, np.int8))
+    evidence = {**edges.evidence, **{(x, y): v for x, y, v in zip(a, b, verdicts)}}
+    return Edges.best_of([edges, part], evidence=evidence).only(tiers)
+
+
+def _picture_edges(store: Store, vectors: VectorIndex, q: QueryConfig, tiers: list[str],
+                   device: str, near: int | None, report: dict | None) -> Edges:
     if q.verify:
         from .copies import verified_edges
 

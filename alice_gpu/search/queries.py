@@ -42,6 +42,8 @@ class Match:
     score: float
     id: int
     distance: int | None = None
+    kind: str = "image"              # "video": a video, by its frames
+    at: float | None = None          # a video's frame that matched, in seconds from its start
 
 
 @dataclass(frozen=True)
@@ -184,9 +186,7 @@ def search(store: Store, vectors: VectorIndex, feat: np.ndarray | int, *, k: int
         raise QueryError("--k must be >= 1")
     if by == "embedding":
         scores, ids = _filtered_search(vectors, np.asarray(feat), k, allowed)
-        rows = store.assets_by_ids(ids)
-        matches = [Match(rows[i]["path"], round(float(s), 6), int(i))
-                   for s, i in zip(scores, ids) if int(i) in rows]
+        return _with_frames(store, np.asarray(feat), k, scores, ids, allowed)
     else:
         all_ids, hashes = store.hashes(by)
         if allowed is not None:                 # exact: the search runs on the allowed ones
@@ -199,6 +199,25 @@ def search(store: Store, vectors: VectorIndex, feat: np.ndarray | int, *, k: int
         matches = [Match(rows[int(i)]["path"], round(1.0 - int(d) / 64.0, 6), int(i), int(d))
                    for d, i in zip(dist, all_ids[order])]
     return matches
+
+
+def _with_frames(store: Store, feat: np.ndarray, k: int, scores: np.ndarray, ids: np.ndarray,
+                 allowed: np.ndarray | None) -> list[Match]:
+    """The index's nearest files, and the videos with a frame as near (a still from a
+    video finds the video, with the frame's time): each file once, at its best score."""
+    best = {int(i): (float(s), None) for s, i in zip(scores, ids)}
+    if store.frame_count():
+        from .videos import frame_hits
+
+        for vid, (s, t) in frame_hits(store, feat, k, allowed).items():
+            if vid not in best or s >= best[vid][0]:
+                best[vid] = (s, t)
+    top = sorted(best, key=lambda i: (-best[i][0], i))[:k]
+    rows = store.assets_by_ids(np.asarray(top, np.int64))
+    return [Match(rows[i]["path"], round(best[i][0], 6), i,
+                  kind="video" if rows[i].get("kind") == "video" else "image",
+                  at=None if best[i][1] is None else round(best[i][1], 2))
+            for i in top if i in rows]
 
 
 def _outside(path: str, by: str, featurise: Featurise | None) -> np.ndarray | int:
@@ -296,6 +315,8 @@ def _evidence(verdict, from_keeper: bool) -> tuple[str, dict | None]:
     """A checked pair's edit in words and its evidence, seen from the keeper."""
     if verdict is None:
         return "", None
+    if hasattr(verdict, "describe"):                 # two videos aligned (.videos)
+        return verdict.describe(bool(from_keeper)), verdict.to_dict()
     from .verify import describe_edit
 
     return describe_edit(verdict, bool(from_keeper)), verdict.to_dict()

@@ -23,7 +23,8 @@ _SOURCE_ALIASES = {"automatic1111": "a1111", "forge": "a1111", "reforge": "a1111
 _FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "jpe": "JPEG", "heic": "HEIF", "heif": "HEIF",
             "hif": "HEIF", "tif": "TIFF", "tiff": "TIFF", "png": "PNG", "webp": "WEBP",
             "gif": "GIF", "avif": "AVIF", "bmp": "BMP", "mpo": "MPO", "ico": "ICO", "tga": "TGA",
-            "ppm": "PPM"}
+            "ppm": "PPM", "mp4": "MP4", "mov": "MOV", "mkv": "MKV", "webm": "MKV",
+            "avi": "AVI"}
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,7 @@ class Filters:
     folder: str | None = None
     format: str | None = None
     model: str | None = None
+    kind: str | None = None          # "image" | "video"
 
     def empty(self) -> bool:
         return not any(getattr(self, f.name) for f in fields(self))
@@ -145,4 +147,8 @@ def where(f: Filters, alias: str = "a") -> tuple[str, list[Any]]:
     if f.model:
         parts.append(f"contains(lower(coalesce({a}.ai_model, '')), lower(?))")
         params.append(f.model.strip())
+    if f.kind:
+        if f.kind not in ("image", "video"):
+            raise QueryError(f"--kind {f.kind!r}: choose image or video")
+        parts.append(f"{a}.kind {'=' if f.kind == 'video' else 'IS DISTINCT FROM'} 'video'")
     return (" AND ".join(parts) if parts else "TRUE"), params

@@ -19,6 +19,9 @@ from . import codec
 from .paths import from_db, registered, to_db
 from .schema import ASSET_COLUMNS, META_COLUMNS, first
 
+# a row as queries see it: the asset, and what makes a video one
+READ_COLUMNS = (*ASSET_COLUMNS, "kind", "duration")
+
 if TYPE_CHECKING:
     from .filters import Filters
 
@@ -115,7 +118,7 @@ class Reads:
         return int(self.con.execute("SELECT coalesce(max(id), 0) FROM assets").fetchall()[0][0])
 
     def asset(self, path: str) -> dict[str, Any] | None:
-        cur = self.con.execute(f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets WHERE path = ?",
+        cur = self.con.execute(f"SELECT {', '.join(READ_COLUMNS)} FROM assets WHERE path = ?",
                                [to_db(path)])
         row = first(cur.fetchall())
         return _row(row) if row else None
@@ -125,11 +128,11 @@ class Reads:
         if not ids:
             return {}
         if len(ids) <= SMALL_ID_LIST:      # a query's k results: no pyarrow import for them
-            cur = self.con.execute(f"SELECT {', '.join(ASSET_COLUMNS)} FROM assets WHERE id IN "
+            cur = self.con.execute(f"SELECT {', '.join(READ_COLUMNS)} FROM assets WHERE id IN "
                                    f"(SELECT unnest(?::BIGINT[]))", [ids])
             return {row[0]: _row(row) for row in cur.fetchall()}
         with registered(self.con, "_q", id=(ids, "int64")):
-            cur = self.con.execute(f"SELECT {', '.join('a.' + c for c in ASSET_COLUMNS)} "
+            cur = self.con.execute(f"SELECT {', '.join('a.' + c for c in READ_COLUMNS)} "
                                    f"FROM assets a JOIN _q USING (id)")
             return {row[0]: _row(row) for row in cur.fetchall()}
 
@@ -263,6 +266,6 @@ class Reads:
 
 
 def _row(row: tuple) -> dict[str, Any]:
-    out = dict(zip(ASSET_COLUMNS, row))
+    out = dict(zip(READ_COLUMNS, row))
     out["path"] = from_db(out["path"])
     return out

@@ -21,7 +21,7 @@ from ..errors import StorageError, StoreError, command_line, is_storage_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 DB_FILE = "alice.duckdb"
 MANIFEST_FILE = "manifest.json"
 
@@ -35,7 +35,11 @@ META_TYPES = {"mode": "VARCHAR", "frames": "INTEGER", "taken_at": "TIMESTAMP",
               "software": "VARCHAR", "gps_lat": "DOUBLE", "gps_lon": "DOUBLE",
               "ai_source": "VARCHAR", "prompt": "VARCHAR", "negative_prompt": "VARCHAR",
               "ai_model": "VARCHAR", "seed": "BIGINT", "steps": "INTEGER", "sampler": "VARCHAR",
-              "cfg": "DOUBLE", "ai_meta": "VARCHAR", "meta_version": "SMALLINT"}
+              "cfg": "DOUBLE", "ai_meta": "VARCHAR", "meta_version": "SMALLINT",
+              # videos (schema 8): kind 'video' (NULL: an image), what the container states
+              "kind": "VARCHAR", "duration": "DOUBLE", "fps": "DOUBLE", "codec": "VARCHAR",
+              "rotation": "SMALLINT", "audio": "BOOLEAN", "sampled": "SMALLINT"}
+_VIDEO_META = ("kind", "duration", "fps", "codec", "rotation", "audio", "sampled")
 META_COLUMNS = tuple(META_TYPES)
 
 # a person's decisions about duplicate groups ("not duplicates", a keeper chosen by
@@ -47,10 +51,17 @@ _DECISIONS = ("CREATE TABLE IF NOT EXISTS decisions (id BIGINT PRIMARY KEY, kind
               "asset_id))")
 
 
+# a video's sampled frames (schema 8): time, pHashes, int8 embedding (store/codec.py)
+_FRAMES = ("CREATE TABLE IF NOT EXISTS frames (asset_id BIGINT NOT NULL, idx SMALLINT NOT NULL, "
+           "t DOUBLE NOT NULL, phash UBIGINT, phash_orient UBIGINT[7], scale FLOAT, "
+           "vector TINYINT[{dim}])")
+
+
 def _schema_sql(dim: int) -> str:
     hash_cols = ",\n  ".join(f"{h} UBIGINT" for h in HASHES)
     meta_cols = ",\n  ".join(f"{k} {t}" for k, t in META_TYPES.items())
     decisions = ";\n".join(_DECISIONS)
+    frames = _FRAMES.replace("{dim}", str(int(dim)))
     return f"""
 CREATE TABLE IF NOT EXISTS meta (key VARCHAR PRIMARY KEY, value VARCHAR);
 CREATE TABLE IF NOT EXISTS assets (
@@ -82,6 +93,7 @@ CREATE TABLE IF NOT EXISTS embeddings (
   vector TINYINT[{dim}] NOT NULL
 );
 {decisions};
+{frames};
 CREATE TABLE IF NOT EXISTS runs (
   id BIGINT PRIMARY KEY,
   started_at TIMESTAMP,
@@ -133,6 +145,9 @@ _MIGRATIONS = {
           "PRIMARY KEY (asset_id, tag))"],
     # since 7 the decisions about duplicate groups
     6: list(_DECISIONS),
+    # since 8 videos: their container facts, and their sampled frames
+    7: [f"ALTER TABLE assets ADD COLUMN IF NOT EXISTS {k} {META_TYPES[k]}" for k in _VIDEO_META]
+       + [_FRAMES],
 }
 
 

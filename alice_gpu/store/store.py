@@ -17,13 +17,14 @@ import duckdb
 
 from ..errors import StoreError, StoreLockedError, command_line
 from .catalog import Catalog
+from .frames import Frames
 from .reads import Reads
 from .schema import (DB_FILE, check_manifest, check_schema, init_schema, manifest_space,
                      migrate, write_manifest)
 from .writes import Writes
 
 
-class Store(Reads, Catalog, Writes):
+class Store(Reads, Catalog, Writes, Frames):
     """One index folder: ``alice.duckdb`` + ``manifest.json`` (+ the FAISS files of vectors)."""
 
     def __init__(self, folder: str | os.PathLike[str], *, model: str, dim: int,

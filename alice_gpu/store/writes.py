@@ -183,6 +183,7 @@ class Writes:
             self._insert("assets", ASSET_COLUMNS + META_COLUMNS, assets, insert_size, bulk)
             if len(emb_rows):
                 self._insert("embeddings", ("asset_id", "model", "scale", "vector"), embs, insert_size, bulk)
+            self._write_frames(records)
             if len(emb_rows) or had_vec:
                 con.execute(_BUMP_VECTORS)
             con.execute(_BUMP_REVISION)
@@ -207,8 +208,8 @@ class Writes:
                 ids = np.asarray(con.execute("SELECT id FROM assets JOIN _gone USING (path)")
                                  .fetchnumpy()["id"], dtype=np.int64)
                 gone = "SELECT id FROM assets JOIN _gone USING (path)"
-                con.execute(f"DELETE FROM embeddings WHERE asset_id IN ({gone})")
-                con.execute(f"DELETE FROM tags WHERE asset_id IN ({gone})")
+                for table in ("embeddings", "tags", "frames"):
+                    con.execute(f"DELETE FROM {table} WHERE asset_id IN ({gone})")
                 con.execute("DELETE FROM assets WHERE path IN (SELECT path FROM _gone)")
                 con.execute(_BUMP_VECTORS)
                 con.execute(_BUMP_REVISION)
@@ -234,8 +235,8 @@ class Writes:
             try:
                 con.execute("BEGIN TRANSACTION")
                 if con.execute(f"SELECT count(*) FROM ({stale})").fetchall()[0][0]:
-                    con.execute(f"DELETE FROM embeddings WHERE asset_id IN ({stale})")
-                    con.execute(f"DELETE FROM tags WHERE asset_id IN ({stale})")
+                    for table in ("embeddings", "tags", "frames"):
+                        con.execute(f"DELETE FROM {table} WHERE asset_id IN ({stale})")
                     con.execute(f"DELETE FROM assets WHERE path IN ({pending})")
                     con.execute(_BUMP_VECTORS)
                 con.execute("UPDATE assets SET path = _mv.dst FROM _mv "
@@ -356,7 +357,8 @@ class Writes:
             "WHERE id = ?",
             [summary["files_seen"], summary["decoded"], summary["unchanged"], summary["failed"],
              summary["removed"], summary["seconds"], status, summary["device"],
-             json.dumps(summary.get("metrics")), run_id])
+             json.dumps({**(summary.get("metrics") or {}), "skipped": summary.get("skipped")}),
+             run_id])
 
 
 def _oriented(hashes: dict[str, int]) -> list[int] | None:
@@ -366,7 +368,7 @@ def _oriented(hashes: dict[str, int]) -> list[int] | None:
 
 
 _META_ARROW = {"VARCHAR": "string", "INTEGER": "int32", "BIGINT": "int64", "DOUBLE": "float64",
-               "SMALLINT": "int16"}
+               "SMALLINT": "int16", "BOOLEAN": "bool_"}
 
 
 def _taken(value: Any) -> "datetime | None":
