@@ -17,14 +17,16 @@ METRIC_KEYS = {"files_processed", "processing_time", "average_file_time", "memor
                "cache_hit_rate", "cache_hits", "batch_efficiency", "batches", "stage_seconds"}
 STAGES = {"discover", "decode", "transfer", "compute", "write"}
 SIMILAR_KEYS = {"query", "by", "query_in_index", "results"}
-MATCH_KEYS = {"path", "score", "id", "distance"}
+MATCH_KEYS = {"path", "score", "id", "distance",
+              "kind", "at"}                                      # added later (issue 24)
 DUPLICATES_KEYS = {"by", "threshold", "groups", "thresholds", "tiers",
                    "checks"}                                     # added later (issue 23)
 MEMBER_KEYS = {"path", "id", "width", "height", "size", "tier", "score", "transform", "distance",
                "edit", "evidence"}                                # added later (issue 23)
 STATS_KEYS = {"assets", "failed", "embedded", "bytes", "formats", "last_run", "failed_files", "db",
               "by_source", "by_year", "failures_by_reason", "index_bytes",   # added later
-              "model", "space"}
+              "model", "space",
+              "skipped", "videos"}                               # added later (issue 24)
 LAST_RUN_KEYS = {"id", "finished_at", "files_seen", "decoded", "unchanged", "failed", "removed",
                  "seconds"}
 

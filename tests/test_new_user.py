@@ -23,16 +23,20 @@ def test_an_empty_folder_says_it_found_nothing(tmp_path):
     assert code == 0 and "no images found" in err
 
 
-def test_files_alice_cannot_read_yet_are_counted_by_extension(tmp_path):
+def test_files_alice_cannot_read_yet_are_counted_by_extension(tmp_path, monkeypatch):
+    import alice_gpu.discover as discover
+
     media = tmp_path / "videos"
     media.mkdir()
     for name in ("a.mp4", "b.mp4", "c.MOV", "notes.txt", ".DS_Store"):
         (media / name).write_bytes(b"\x00" * 64)
+    monkeypatch.setattr(discover, "_VIDEO_SUPPORT", False)       # without the [video] extra
     code, out, err = run_cli("index", media, "--db", tmp_path / "db", "--no-embed")
     assert code == 0
-    assert "4 files skipped as unsupported, by extension (.mp4 2, .mov 1, .txt 1)" in err
+    assert "1 files skipped as unsupported, by extension (.txt 1)" in err
+    assert "3 video(s) skipped" in err and "pip install 'alice-gpu[video]'" in err
     code, out, _ = run_cli("index", media, "--db", tmp_path / "db", "--no-embed", "--json")
-    assert json.loads(out)["skipped"] == {".mp4": 2, ".mov": 1, ".txt": 1}
+    assert json.loads(out)["skipped"] == {discover.VIDEO_SKIPPED: 3, ".txt": 1}
 
 
 def test_the_failure_hint_is_a_command_that_works_as_printed(tmp_path):

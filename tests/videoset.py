@@ -105,7 +105,7 @@ def source_frames(photos: list[Path], seconds: float, rng: np.random.Generator,
     total = int(seconds * FPS)
     k = 0
     while len(frames) < total:
-        n = min(total - len(frames), int(rng.integers(3 * FPS, 6 * FPS)))
+        n = min(total - len(frames), int(rng.integers(4 * FPS, 6 * FPS)))
         frames += _shot(_photo(photos[k % len(photos)]), n, rng)
         k += 1
     return frames
@@ -185,15 +185,16 @@ def copy(frames: list[np.ndarray], transform: str, folder: Path, name: str) -> t
 def make_set(folder: Path, photos: list[Path], sources: int = 20, seed: int = 0,
              durations: tuple[int, int] = (12, 40), transforms=TRANSFORMS) -> VideoSet:
     """``sources`` source clips with their copies, and as many distractors; the photos
-    of each clip are drawn from ``photos`` without sharing between clips."""
+    of each clip are drawn from ``photos`` without sharing between clips (up to 23
+    sources from the 465 photos; more share photos)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(photos))
-    per = 3
+    per = 10                     # photos a clip, none shown twice (a still has one moment)
     vs = VideoSet(folder)
     for s in range(sources):
-        use = [photos[i] for i in order[(2 * s) * per:(2 * s + 1) * per]]
-        other = [photos[i] for i in order[(2 * s + 1) * per:(2 * s + 2) * per]]
+        pick = [order[(k + j) % len(order)] for k in (2 * s * per,) for j in range(2 * per)]
+        use, other = [photos[i] for i in pick[:per]], [photos[i] for i in pick[per:]]
         secs = float(rng.integers(durations[0], durations[1] + 1))
         intro = ("black", "title", "")[s % 3]
         frames = source_frames(use, secs, rng, intro)

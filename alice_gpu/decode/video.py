@@ -307,3 +307,48 @@ def poster(path: str, size: int) -> Image.Image:
     except av.FFmpegError as exc:
         raise VideoError(_ffmpeg_reason(exc)) from None
     raise VideoError("no decodable frame")
+
+
+def frames_near(path: str, t: float, span: float = 1.0, side: int = 32
+                ) -> list[tuple[float, np.ndarray]]:
+    """Every frame within ``span`` seconds of ``t`` as (time, upright grey ``side`` x
+    ``side`` thumbnail): decoded from the keyframe before, a few dozen frames at most."""
+    import av
+
+    out: list[tuple[float, np.ndarray]] = []
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        container.seek(max(0, int((start + t - span) / stream.time_base)), stream=stream,
+                       backward=True)
+        for frame in container.decode(stream):
+            when = (frame.time or 0.0) - start
+            if when > t + span or len(out) > 8 * FORWARD_FRAMES:
+                break
+            if when >= t - span:
+                small = frame.to_ndarray(format="gray", width=side, height=side,
+                                         interpolation="BILINEAR")
+                turn = int(round((frame.rotation or 0) / 90.0)) % 4
+                out.append((when, np.ascontiguousarray(np.rot90(small, turn))))
+    return out
+
+
+def frame_image(path: str, t: float) -> Image.Image:
+    """The frame at ``t`` seconds (the first at or after it), upright, full size."""
+    import av
+
+    with av.open(path, metadata_errors="ignore") as container:
+        stream = container.streams.video[0]
+        start = float(stream.start_time * stream.time_base) if stream.start_time else 0.0
+        container.seek(max(0, int((start + t - 0.01) / stream.time_base)), stream=stream,
+                       backward=True)
+        last = None
+        for frame in container.decode(stream):
+            last = frame
+            if (frame.time or 0.0) - start >= t - 0.005:
+                break
+        if last is None:
+            raise VideoError("no frame at that time")
+        im = last.to_image()
+        turn = int(round((last.rotation or 0) / 90.0)) % 4
+        return im.rotate(90 * turn, expand=True) if turn else im

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..config import HASH_NAMES, QUERY_KINDS, TIERS, Config, check_threshold
-from ..discover import normalize_path
+from ..discover import is_video, normalize_path
 from ..errors import QueryError
 from ..gpu.kernels import cuda_hamming_topk, kernel_device
 from ..records import ORIENT_INVERSE, ORIENTATIONS, STATUS_OK, AssetRecord
@@ -30,6 +30,7 @@ from .vectors import VectorIndex
 
 log = logging.getLogger(__name__)
 
+STILL_MARGIN = 3      # videos past the k-th looked at again for a still (search/videos)
 # a file outside the index to its row, made as the index made its rows (the API gives it)
 Featurise = Callable[[str], AssetRecord]
 
@@ -157,9 +158,15 @@ def similar(store: Store, vectors: VectorIndex, path: str, *, k: int, by: str, c
     inside = feat is not None
     if not inside:
         feat = _outside(path, by, featurise)
+    still = by == "embedding" and featurise is not None and not is_video(path)
+    found = search(store, vectors, feat, k=k + STILL_MARGIN if still else k, by=by,
+                   device=device, allowed=allowed)
+    if still and any(m.kind == "video" for m in found):    # a still: at its own moment
+        from .videos import refine_stills
+
+        found = refine_stills(store, found, path, np.asarray(feat), featurise, len(found))
     return SimilarResult(query=normalize_path(path), by=by, query_in_index=inside,
-                         results=search(store, vectors, feat, k=k, by=by, device=device,
-                                        allowed=allowed))
+                         results=found[:k])
 
 
 def similar_to(store: Store, vectors: VectorIndex, asset_id: int, *, k: int, by: str,

@@ -268,3 +268,72 @@ def frame_hits(store: Store, query: np.ndarray, k: int, allowed: np.ndarray | No
             best = {v: best[v] for v in keep_ids}
     top = sorted(best, key=lambda v: -best[v][0])[:k]
     return {v: best[v] for v in top}
+
+
+REFINE_SPAN = 1.0     # seconds around a sampled frame searched for the still's moment
+
+
+def refine_stills(store: Store, matches: list, query: str, feat: np.ndarray, featurise,
+                  limit: int) -> list:
+    """A still's video matches, each scored at the still's own moment: the frames within
+    ``REFINE_SPAN`` of the sampled frame that matched are compared with the still (grey,
+    64 px, in the 8 orientations), and the closest is embedded as the index embeds a
+    picture. The sampled frames are up to a keyframe apart; without this a copy whose
+    sample happens to sit nearer the moment outranks the clip the still came from."""
+    import os
+    import tempfile
+    from dataclasses import replace
+
+    from ..decode.video import frame_image, frames_near
+
+    target = _standard(_still(query))
+    out = []
+    with tempfile.TemporaryDirectory(prefix="alice-still-") as tmp:
+        for rank, m in enumerate(matches):
+            if m.kind != "video" or m.at is None or rank >= limit:
+                out.append(m)
+                continue
+            try:
+                near = frames_near(m.path, m.at, REFINE_SPAN)
+                if not near:
+                    raise ValueError("no frames")
+                t = min(near, key=lambda f: _distance(target, _standard(f[1])))[0]
+                still = os.path.join(tmp, f"{m.id}.bmp")     # uncompressed: no encode cost
+                frame_image(m.path, t).save(still)
+                row = featurise(still)
+            except Exception as exc:  # noqa: BLE001 - a file gone or damaged: as sampled
+                log.debug("not refined: %s (%s)", m.path, exc)
+                out.append(m)
+                continue
+            if row.embedding is None:
+                out.append(m)
+                continue
+            score = float(np.dot(row.embedding, feat))
+            out.append(replace(m, score=round(max(score, m.score), 6), at=round(t, 2)))
+    return sorted(out, key=lambda m: (-m.score, m.id))
+
+
+def _still(path: str) -> np.ndarray:
+    """The query picture as the frames are compared: upright grey 32 x 32."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im).convert("L")
+        return np.asarray(im.resize((32, 32), Image.Resampling.BILINEAR))
+
+
+def _standard(grey: np.ndarray) -> np.ndarray:
+    x = grey.astype(np.float32)
+    return (x - x.mean()) / (x.std() + 1e-3)
+
+
+def _distance(a: np.ndarray, b: np.ndarray) -> float:
+    """The least mean squared difference of ``b`` to ``a`` in one of the 8 orientations."""
+    best = np.inf
+    for k in range(4):
+        r = np.rot90(b, k)
+        if r.shape != a.shape:
+            continue
+        best = min(best, float(((r - a) ** 2).mean()), float(((r[:, ::-1] - a) ** 2).mean()))
+    return best
+
