@@ -260,3 +260,31 @@ def test_similar_of_a_clip_kind_filter_and_poster(small_set):
 
     with Image.open(BytesIO(thumb)) as im:
         assert im.size[0] < im.size[1]         # the poster is upright: portrait
+
+
+def test_schema_7_is_migrated_to_8_and_pictures_are_not_read_again(tmp_path, photos):
+    import duckdb
+
+    import alice_gpu
+    from alice_gpu.store import Store
+    from alice_gpu.store.schema import _VIDEO_META, DB_FILE, SCHEMA_VERSION, stored_version
+
+    media = tmp_path / "m"
+    media.mkdir()
+    (media / "p.jpg").write_bytes(Path(photos[0]).read_bytes())
+    api = alice_gpu.open_index(tmp_path / "db")
+    api.index([media], embed=False)
+    con = duckdb.connect(str(tmp_path / "db" / DB_FILE))
+    for col in _VIDEO_META:
+        con.execute(f"ALTER TABLE assets DROP COLUMN {col}")
+    con.execute("DROP TABLE frames")
+    con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+    con.close()
+    with Store(tmp_path / "db", model="efficientnet_lite0", dim=1280) as store:
+        assert stored_version(store.con) == SCHEMA_VERSION == 8
+        assert store.frame_count() == 0 and len(store.video_ids()) == 0
+    assert (tmp_path / "db" / f"{DB_FILE}.v7.bak").exists()
+    _clip(media, "v.mp4", 3)
+    summary = api.index([media], embed=False)
+    assert summary.decoded == 1                    # the video only: the picture is kept
+    assert api.stats()["videos"] == 1

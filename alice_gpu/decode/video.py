@@ -137,7 +137,8 @@ def informative(frames: np.ndarray) -> np.ndarray:
     grey = frames.mean(axis=-1) if frames.ndim == 4 else frames.astype(np.float32)
     mean = grey.mean(axis=(1, 2))
     spread = grey.std(axis=(1, 2))
-    return (mean > 18) & (mean < 240) & (spread > 14)
+    # a dark photo (a night shot) keeps its contrast; black, a colour and a fade do not
+    return (mean > 8) & (mean < 247) & (spread > 10)
 
 
 def _facts(container, stream) -> dict:

@@ -80,7 +80,7 @@ class LocalEngine:
         featuriser = self.featuriser()
         max_in_flight = max(self.workers, min(
             self.cfg.decode.prefetch_batches * batch_size,
-            self.cfg.performance.max_memory_cache_mb * 2**20 // plan.bytes_per_item))
+            self.cfg.performance.max_memory_cache_mb * 2**20 // _item_bytes(todo, plan)))
         if self.pool is None:
             self.guard.arm()          # cleared once every in-process decode has returned
         stream = decode_stream(todo, plan, self.pool, max_in_flight, self.parallel_threshold,
@@ -111,15 +111,18 @@ class LocalEngine:
         batch: list[Decoded] = []
         same: list[Decoded] = []
         launched: Callable[[], list[AssetRecord]] | None = None
+        pictures = 0
         t_wait = time.perf_counter()
         for d in stream:
             if stop.is_set():
                 break
             self.timer.add("decode", time.perf_counter() - t_wait)
             (same if d.status == STATUS_SAME else batch).append(d)
-            if len(batch) >= batch_size:
+            if d.status != STATUS_SAME:     # a video weighs its frames: a batch is pictures
+                pictures += len(d.frames.times) if d.frames is not None else 1
+            if pictures >= batch_size:
                 finish, launched = launched, featuriser.submit(batch)
-                batch = []
+                batch, pictures = [], 0
                 if finish is not None:
                     yield [*finish(), *same]
                     same = []
@@ -132,6 +135,18 @@ class LocalEngine:
             yield launched()
         if same:
             yield same
+
+
+def _item_bytes(todo: Sequence[FileEntry], plan: DecodePlan) -> int:
+    """What a decoded file holds in memory, on average over ``todo``: a video carries up
+    to ``MAX_FRAMES`` working images, so a run of videos keeps fewer files in flight."""
+    from ..decode.video import MAX_FRAMES
+    from ..discover import VIDEO_EXTENSIONS
+
+    if not todo:
+        return plan.bytes_per_item
+    videos = sum(1 for e in todo if os.path.splitext(e.path)[1].lower() in VIDEO_EXTENSIONS)
+    return int(plan.bytes_per_item * (1 + (MAX_FRAMES - 1) * videos / len(todo)))
 
 
 class _InProcessGuard:
