@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 FIRST_SECONDS = 30.0      # every second of the start is sampled (intros, short clips)
 FRACTIONS = 16            # and the middle of each 16th of the whole
-KEY_TOLERANCE = 0.6       # seconds a keyframe may sit before its sample time
+KEY_TOLERANCE = 1.0       # seconds a keyframe may sit before its sample time (a phone: 1 s GOP)
 FORWARD_SECONDS = 2.0     # decode past a sparse keyframe at most this long a sample
 FORWARD_FRAMES = 60       # ... and at most this many frames
 MAX_FRAMES = 48           # frames kept a video
