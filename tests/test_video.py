@@ -22,7 +22,7 @@ import videoset  # noqa: E402  (tests/ is on the path: conftest)
 
 from alice_gpu.decode import DecodePlan, decode_file  # noqa: E402
 from alice_gpu.discover import VIDEO_SKIPPED, is_media, is_video, sniff_video  # noqa: E402
-from alice_gpu.records import STATUS_FAILED, STATUS_OK, FileEntry  # noqa: E402
+from alice_gpu.records import STATUS_OK, FileEntry  # noqa: E402
 
 
 def _entry(path: Path) -> FileEntry:
@@ -288,3 +288,40 @@ def test_schema_7_is_migrated_to_8_and_pictures_are_not_read_again(tmp_path, pho
     summary = api.index([media], embed=False)
     assert summary.decoded == 1                    # the video only: the picture is kept
     assert api.stats()["videos"] == 1
+
+
+@pytest.mark.timeout(3000)
+def test_held_out_set_of_20_sources(tmp_path, photos):
+    """The issue's set, generated here with another seed than the benchmark's: 20
+    sources of 16-40 s, their ten copies each, 20 distractors. The default duplicates
+    reaches precision >= 0.98 and recall >= 0.90 on pairs and groups no pair that
+    shares only an intro or a length; a still from the middle of each source finds it
+    in similar's top 5 at its time within 2 s. (Takes ~15 minutes on 2 cores.)"""
+    from PIL import Image
+
+    vs = videoset.make_set(tmp_path / "clips", photos, sources=20, seed=11, durations=(16, 40))
+    db = tmp_path / "db"
+    code, _, err = run_cli("index", vs.folder, "--db", db)
+    assert code == 0, err
+    code, out, err = run_cli("duplicates", "--db", db, "--json")
+    got, truth = _names(json.loads(out)["groups"]), vs.positives()
+    tp = len(got & truth)
+    assert tp / max(1, len(got)) >= 0.98 and tp / len(truth) >= 0.90, (got - truth, truth - got)
+    distractors = {c.name for c in vs.clips if not c.family}
+    assert not any(p & distractors for p in got)
+    import alice_gpu
+
+    idx = alice_gpu.open_index(db)
+    for c in vs.clips:
+        if c.transform != "source":
+            continue
+        frames = videoset.read(vs.folder / c.name)
+        mid = len(frames) // 2
+        still = tmp_path / f"{c.family}.jpg"
+        Image.fromarray(frames[mid]).save(still, quality=90)
+        del frames
+        top = idx.similar(str(still), k=5).results
+        at = {os.path.basename(m.path): m.at for m in top}
+        assert c.name in at, (c.name, list(at))
+        assert all(n.startswith(c.family) for n in at), (c.name, list(at))
+        assert abs(at[c.name] - mid / videoset.FPS) <= 2.0
