@@ -102,18 +102,25 @@ def test_audio_and_creation_date(tmp_path, photos):
         for f in frames:
             for p in v.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
                 c.mux(p)
-        for i in range(20):
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                            layout="mono")
-            af.sample_rate, af.pts = 44100, i * 1024
-            for p in a.encode(af):
-                c.mux(p)
-        for s in (v, a):
-            for p in s.encode():
-                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+        _silence(c, a)
     d = decode_file(_entry(path), DecodePlan(64))
     assert d.status == STATUS_OK, d.error
     assert d.meta["audio"] is True and d.meta["taken_at"].startswith("2024-05-17T10:20:30")
+
+
+def _silence(container, s=None) -> None:
+    """Half a second of silent AAC in audio stream ``s`` (a new one) of ``container``."""
+    s = s or container.add_stream("aac", rate=44100)
+    for i in range(20):
+        af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
+                                        layout="mono")
+        af.sample_rate, af.pts = 44100, i * 1024
+        for p in s.encode(af):
+            container.mux(p)
+    for p in s.encode():
+        container.mux(p)
 
 
 def _bad_files(folder: Path, good: Path) -> dict[str, str]:
@@ -123,15 +130,7 @@ def _bad_files(folder: Path, good: Path) -> dict[str, str]:
     (folder / "empty.mov").write_bytes(b"")
     (folder / "random.mkv").write_bytes(np.random.default_rng(0).bytes(30_000))
     with av.open(str(folder / "audio-only.mp4"), "w") as c:
-        s = c.add_stream("aac", rate=44100)
-        for i in range(20):
-            af = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                            layout="mono")
-            af.sample_rate, af.pts = 44100, i * 1024
-            for p in s.encode(af):
-                c.mux(p)
-        for p in s.encode():
-            c.mux(p)
+        _silence(c)
     return {"truncated.mp4": "truncated", "empty.mov": "empty file",
             "random.mkv": "not a video", "audio-only.mp4": "no video stream"}
 

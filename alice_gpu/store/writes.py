@@ -165,12 +165,9 @@ class Writes:
             raise ValueError(f"embedding has {emb_mat.shape[1]} dims, index expects {self.dim}")
         codes, scales = codec.encode(emb_mat)
         scale, vector = codec.to_arrow(codes, scales, self.dim)
-        embs = pa.table({
-            "asset_id": pa.array(emb_ids, pa.int64()),
-            "model": pa.array([self.model] * len(emb_rows), pa.string()),
-            "scale": scale,
-            "vector": vector,
-        })
+        embs = pa.table({"asset_id": pa.array(emb_ids, pa.int64()),
+                         "model": pa.array([self.model] * len(emb_rows), pa.string()),
+                         "scale": scale, "vector": vector})
         id_tbl = pa.table({"id": pa.array(ids, pa.int64())})
         con = self.con
         con.execute("BEGIN TRANSACTION")
