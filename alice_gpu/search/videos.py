@@ -95,16 +95,21 @@ class FrameSet:
         return slice(int(self.start[k]), int(self.end[k]))
 
     def hash_candidates(self) -> set[tuple[int, int]]:
-        """Video pairs with a frame within ``CANDIDATE_BITS`` as they are or turned."""
+        """Video pairs with a frame within ``CANDIDATE_BITS`` as they are or turned (the
+        frame pairs, many per video pair, reduced in numpy)."""
         h0 = self.codes[:, 0]
         i, j, _ = hamming_pairs(h0, CANDIDATE_BITS)
-        pairs = set(zip(self.frame_id[i].tolist(), self.frame_id[j].tolist()))
+        a, b = [self.frame_id[i]], [self.frame_id[j]]
         n = len(h0)
         if n:
             turned = np.ascontiguousarray(self.codes[:, 1:].T).reshape(-1)
             bi, qj, _ = hamming_cross_pairs(h0, turned, CANDIDATE_BITS)
-            pairs |= set(zip(self.frame_id[qj % n].tolist(), self.frame_id[bi].tolist()))
-        return {(min(a, b), max(a, b)) for a, b in pairs if a != b}
+            a.append(self.frame_id[qj % n])
+            b.append(self.frame_id[bi])
+        x, y = np.concatenate(a), np.concatenate(b)
+        lo, hi = np.minimum(x, y), np.maximum(x, y)
+        pairs = np.unique(np.stack([lo[lo != hi], hi[lo != hi]], axis=1), axis=0)
+        return set(map(tuple, pairs.tolist()))
 
 
 def align(match: np.ndarray, ta: np.ndarray, tb: np.ndarray, da: float, db: float,
