@@ -261,6 +261,33 @@ def test_similar_of_a_clip_kind_filter_and_poster(small_set):
         assert im.size[0] < im.size[1]         # the poster is upright: portrait
 
 
+def test_report_shows_posters_and_videos_move_and_come_back(small_set, tmp_path):
+    """The HTML report shows each video's poster frame; --move-to sets the copies aside
+    with a journal and undo brings every byte back, the index following. (Last of the
+    tests on ``small_set``: it moves its files and back.)"""
+    import hashlib
+
+    vs, db = small_set
+
+    def snapshot():
+        return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+                for p in vs.folder.iterdir()}
+
+    code, out, err = run_cli("duplicates", "--db", db, "--html", tmp_path / "r.html", "--json")
+    assert code == 0, err
+    groups = json.loads(out)["groups"]
+    members = sum(len(g["files"]) for g in groups)
+    assert (tmp_path / "r.html").read_text().count("data:image/jpeg;base64,") >= members
+    before = snapshot()
+    code, out, err = run_cli("duplicates", "--db", db, "--move-to", tmp_path / "aside", "--json")
+    moves = json.loads(out)["moves"]
+    assert code == 0 and moves["moved"] == members - len(groups) and not moves["problems"]
+    assert len(snapshot()) == len(before) - moves["moved"]
+    code, out, err = run_cli("undo", moves["journal"], "--db", db, "--json")
+    assert code == 0 and json.loads(out)["restored"] == moves["moved"], err
+    assert snapshot() == before
+
+
 def test_schema_7_is_migrated_to_8_and_pictures_are_not_read_again(tmp_path, photos):
     import duckdb
 
@@ -277,6 +304,7 @@ def test_schema_7_is_migrated_to_8_and_pictures_are_not_read_again(tmp_path, pho
     for col in _VIDEO_META:
         con.execute(f"ALTER TABLE assets DROP COLUMN {col}")
     con.execute("DROP TABLE frames")
+    con.execute("ALTER TABLE runs DROP COLUMN skipped")
     con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     con.close()
     with Store(tmp_path / "db", model="efficientnet_lite0", dim=1280) as store:

@@ -227,7 +227,7 @@ class Catalog:
         formats = dict(q("SELECT format, count(*) FROM assets WHERE status = 'ok' "
                          "GROUP BY format ORDER BY 2 DESC").fetchall())
         last = first(q("SELECT id, finished_at, files_seen, decoded, unchanged, failed, removed, "
-                       "seconds, metrics FROM runs WHERE status IS NOT NULL ORDER BY id DESC "
+                       "seconds, skipped FROM runs WHERE status IS NOT NULL ORDER BY id DESC "
                        "LIMIT 1").fetchall())
         errors = q("SELECT path, error FROM assets WHERE status <> 'ok' ORDER BY path LIMIT 20"
                    ).fetchall()
@@ -240,8 +240,7 @@ class Catalog:
                  "removed", "seconds"), (*last[:1], str(last[1]), *last[2:8]))),
             # files under the roots the last run did not index, by kind (videos without
             # the [video] extra are counted as such)
-            "skipped": (json.loads(last[8]) or {}).get("skipped") or {} if last and last[8]
-            else {},
+            "skipped": json.loads(last[8]) if last and last[8] else {},
             "videos": int(q("SELECT count(*) FROM assets WHERE kind = 'video' AND status = 'ok'"
                             ).fetchall()[0][0]),
             "failed_files": [{"path": from_db(p), "error": e} for p, e in errors],

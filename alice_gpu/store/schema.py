@@ -108,7 +108,8 @@ CREATE TABLE IF NOT EXISTS runs (
   removed BIGINT,
   seconds DOUBLE,
   status VARCHAR,
-  metrics VARCHAR
+  metrics VARCHAR,
+  skipped VARCHAR
 );
 """
 
@@ -147,7 +148,7 @@ _MIGRATIONS = {
     6: list(_DECISIONS),
     # since 8 videos: their container facts, and their sampled frames
     7: [f"ALTER TABLE assets ADD COLUMN IF NOT EXISTS {k} {META_TYPES[k]}" for k in _VIDEO_META]
-       + [_FRAMES],
+       + [_FRAMES, "ALTER TABLE runs ADD COLUMN IF NOT EXISTS skipped VARCHAR"],
 }
 
 

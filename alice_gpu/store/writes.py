@@ -350,11 +350,11 @@ class Writes:
     def finish_run(self, run_id: int, summary: dict[str, Any], status: str) -> None:
         self.con.execute(
             "UPDATE runs SET finished_at = now(), files_seen = ?, decoded = ?, unchanged = ?, "
-            "failed = ?, removed = ?, seconds = ?, status = ?, device = ?, metrics = ? "
-            "WHERE id = ?",
+            "failed = ?, removed = ?, seconds = ?, status = ?, device = ?, metrics = ?, "
+            "skipped = ? WHERE id = ?",
             [summary["files_seen"], summary["decoded"], summary["unchanged"], summary["failed"],
              summary["removed"], summary["seconds"], status, summary["device"],
-             json.dumps({**(summary.get("metrics") or {}), "skipped": summary.get("skipped")}),
+             json.dumps(summary.get("metrics")), json.dumps(summary.get("skipped") or {}),
              run_id])
 
 
