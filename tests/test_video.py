@@ -352,3 +352,22 @@ def test_held_out_set_of_20_sources(tmp_path, photos):
         assert c.name in at, (c.name, list(at))
         assert all(n.startswith(c.family) for n in at), (c.name, list(at))
         assert abs(at[c.name] - mid / videoset.FPS) <= 2.0
+
+
+def test_alignment_on_embeddings_finds_an_edited_copy_and_refuses_a_shuffle():
+    """The edited tier's check: frames whose embeddings match at one offset (a copy whose
+    pixels changed too much for the pHash) align; the same frames out of order do not."""
+    from alice_gpu.search.videos import check_by_embeddings
+
+    rng = np.random.default_rng(3)
+    ea = rng.standard_normal((30, 64)).astype(np.float32)
+    ea /= np.linalg.norm(ea, axis=1, keepdims=True)
+    ta = np.arange(30, dtype=np.float64)
+    noisy = ea[5:25] + 0.03 * rng.standard_normal((20, 64)).astype(np.float32)
+    eb = noisy / np.linalg.norm(noisy, axis=1, keepdims=True)
+    tb = np.arange(20, dtype=np.float64) + 0.3           # an excerpt from 5 s, sampled apart
+    v = check_by_embeddings(ea, eb, ta, tb, 30.0, 20.0)
+    assert v.verified and v.method == "embeddings" and abs(v.offset + 4.7) < 1.3
+    assert v.describe() == "trimmed: starts 4.7 s in, ends 5.3 s early"
+    shuffled = eb[rng.permutation(20)]
+    assert not check_by_embeddings(ea, shuffled, ta, tb, 30.0, 20.0).verified

@@ -37,7 +37,7 @@ OFFSET_TOLERANCE = 1.25  # seconds: sampled frames of two copies are up to this 
 COVERAGE = 0.6           # share of each video's frames in the shared time that match
 FIT = 0.7                # the time shared, as a share of the shorter video
 MIN_SHARED = 2.0         # seconds
-NEIGHBOURS = 8           # nearest videos by embedding, a video
+NEIGHBOURS = 16          # nearest videos by embedding, a video (a family of copies and more)
 
 
 @dataclass(frozen=True)
@@ -207,19 +207,21 @@ def video_pairs(store: Store, vectors: VectorIndex, q: QueryConfig, similar_floo
                 ) -> list[tuple[int, int, str, float, int, VideoVerdict]]:
     """(a, b, tier, score, orientation, verdict) of the video pairs that are copies
     (near: frames align by pHash; edited: by embedding) or look-alikes (similar: the
-    video-level embeddings, cosine >= ``similar_floor``)."""
+    video-level embeddings, cosine >= ``similar_floor``). Candidates: a frame in common,
+    or video embeddings at cosine >= ``q.candidate_threshold`` (or the similar floor)."""
     t0 = time.perf_counter()
     fs = FrameSet(store)
     if len(fs.ids) < 2:
         return []
     cand = {p: -1.0 for p in fs.hash_candidates()}
-    cand.update(embedding_candidates(store, vectors, fs.ids, similar_floor))
+    cand.update(embedding_candidates(store, vectors, fs.ids,
+                                     min(q.candidate_threshold, similar_floor)))
     embs: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     out = []
     for (a, b), cos in sorted(cand.items()):
         v = check_by_hashes(fs, a, b)
         tier = "near" if v.verified else ""
-        if not v.verified and cos >= 0:
+        if not v.verified:              # an edited copy: its frames' embeddings align
             v2 = _embedding_check(store, fs, embs, a, b)
             if v2 is not None and v2.verified:
                 v, tier = v2, "edited"
