@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import stat as statmod
 from concurrent.futures import ThreadPoolExecutor
 from collections import Counter
@@ -58,6 +59,7 @@ class Discovery:
     removed: list[str]             # known to the store under a walked root, gone from disk
     files_seen: int
     skipped: dict[str, int] = field(default_factory=dict)   # not media: count by extension
+    deferred: list[FileEntry] = field(default_factory=list)  # still being written: later
 
 
 def sniff_media(path: str) -> bool:
@@ -215,8 +217,24 @@ def _under(path: str, roots: list[str]) -> bool:
     return any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
 
 
+def _settling(entries: list[FileEntry], settle: float) -> set[str]:
+    """The files changed (written, or their mtime set) less than ``settle`` seconds ago:
+    a copy may still be under way. ctime counts too: setting an old mtime sets it."""
+    now = time.time()
+    out = set()
+    for e in entries:
+        try:
+            st = os.lstat(e.path)
+        except OSError:
+            continue
+        if now - max(st.st_mtime, st.st_ctime) < settle:
+            out.add(e.path)
+    return out
+
+
 def discover(roots: Iterable[str | os.PathLike[str]],
-             known: Mapping[str, tuple[int, int]], threads: int = 1) -> Discovery:
+             known: Mapping[str, tuple[int, int]], threads: int = 1,
+             settle: float = 0.0) -> Discovery:
     """Split the files under ``roots`` into todo / unchanged, and list vanished ones.
 
     ``known`` maps stored paths to (size, mtime_ns) of files whose features are
@@ -236,9 +254,14 @@ def discover(roots: Iterable[str | os.PathLike[str]],
             unchanged.append(entry)
         else:
             todo.append(entry)
+    deferred: list[FileEntry] = []
+    if settle > 0 and todo:
+        busy = _settling(todo, settle)
+        deferred = [e for e in todo if e.path in busy]
+        todo = [e for e in todo if e.path not in busy]
     present_roots = [r for r in roots if os.path.exists(r)]
     removed = sorted(p for p in known if p not in seen and _under(p, present_roots)
                      and not os.path.exists(p))
     return Discovery(todo=todo, unchanged=unchanged, removed=removed, files_seen=len(seen),
-                     skipped=dict(skipped))
+                     skipped=dict(skipped), deferred=deferred)
 

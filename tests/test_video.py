@@ -308,7 +308,7 @@ def test_schema_7_is_migrated_to_8_and_pictures_are_not_read_again(tmp_path, pho
     con.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
     con.close()
     with Store(tmp_path / "db", model="efficientnet_lite0", dim=1280) as store:
-        assert stored_version(store.con) == SCHEMA_VERSION == 8
+        assert stored_version(store.con) == SCHEMA_VERSION == 9
         assert store.frame_count() == 0 and len(store.video_ids()) == 0
     assert (tmp_path / "db" / f"{DB_FILE}.v7.bak").exists()
     _clip(media, "v.mp4", 3)

@@ -47,7 +47,7 @@ def same_file(a: str, b: str) -> bool:
     return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
 
 
-def _same_bytes(a: str, b: str) -> bool:
+def same_bytes(a: str, b: str) -> bool:
     try:
         regular(a), regular(b)
     except OSError:
@@ -96,6 +96,69 @@ def relocate(src: str, dst: str, allowed: Callable[[str], str | None] | None = N
     os.unlink(src)
     _fsync_dir(parent)
     _fsync_dir(os.path.dirname(src) or ".")
+
+
+def place(src: str, dst: str, how: str,
+          allowed: Callable[[str], str | None] | None = None) -> None:
+    """Put ``src`` at ``dst`` by ``how``: 'move' (:func:`relocate`), 'copy' (the bytes and
+    mtime, the source kept) or 'link' (a hard link); never over an existing name."""
+    if how == "move":
+        relocate(src, dst, allowed)
+        return
+    st = regular(src)
+    parent = os.path.dirname(dst)
+    os.makedirs(parent, exist_ok=True)
+    problem = allowed(dst) if allowed is not None else None
+    if problem:
+        raise OSError(errno.EACCES, problem)
+    if os.path.lexists(dst):
+        raise OSError(errno.EEXIST, f"{dst} already exists; not overwritten")
+    if how == "link":
+        os.link(src, dst, follow_symlinks=False)
+    else:
+        _copy_across(src, dst, st)
+    _fsync_dir(parent)
+
+
+def placed(src: str, dst: str, how: str) -> bool:
+    """A copy or link a kill may have interrupted is complete at ``dst``."""
+    if how == "link":
+        return same_file(src, dst)
+    return same_file(src, dst) or same_bytes(src, dst)
+
+
+def settle_placed(src: str, dst: str, how: str) -> str:
+    """Where a planned copy or link stands after a kill: 'done', 'todo' or a problem."""
+    _unlink_quietly(dst + TMP_SUFFIX)
+    if os.path.lexists(dst):
+        return "done" if os.path.lexists(src) and placed(src, dst, how) else "both"
+    return "todo" if os.path.lexists(src) else "missing"
+
+
+def unplace(src: str, dst: str, how: str) -> str | None:
+    """Undo a copy or link: ``dst`` goes only while it is still what was placed (the same
+    file, or the same bytes as the original, which must still be there). A problem, or None."""
+    if not os.path.lexists(dst):
+        return None                                   # gone already: nothing to take back
+    if not os.path.lexists(src):
+        return f"the original {src} is gone; its {how} at {dst} is kept"
+    if not placed(src, dst, how):
+        return f"{dst} changed since it was placed; left as it is"
+    os.unlink(dst)
+    _fsync_dir(os.path.dirname(dst) or ".")
+    return None
+
+
+def prune_empty(folder: str, stop: str) -> None:
+    """Remove ``folder`` and its parents up to (not including) ``stop`` while empty."""
+    stop = os.path.abspath(stop)
+    folder = os.path.abspath(folder)
+    while folder != stop and folder.startswith(stop.rstrip(os.sep) + os.sep):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+        folder = os.path.dirname(folder)
 
 
 def _copy_across(src: str, dst: str, st: os.stat_result) -> None:
@@ -162,7 +225,7 @@ def settle(src: str, dst: str) -> str:
     if at_src and at_dst:
         # killed between link and unlink, or after a cross-filesystem copy was linked
         # into place: the source goes only when the destination holds the same bytes
-        if same_file(src, dst) or _same_bytes(src, dst):
+        if same_file(src, dst) or same_bytes(src, dst):
             os.unlink(src)
             return "done"
         return "both"

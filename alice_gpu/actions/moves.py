@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FOLLOW_BATCH = 256        # moves per index update
+_CLOSED = {"end", "undone", "undo-incomplete"}     # a journal's last word: nothing to finish
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ class PlannedMove:
     dst: str
     group: int
     tier: str | None
+    how: str = "move"          # or 'copy', 'link' (organize)
 
 
 @dataclass
@@ -105,7 +107,15 @@ def plan_moves(groups: list, move_to: str, roots: Iterable[str], act_on: list[st
 
 # ------------------------------------------------------------------ journals of one folder
 
-relocate = files.relocate      # a module attribute: the tests' kill points wrap it
+relocate = files.relocate      # module attributes: the tests' kill points wrap them
+place = files.place
+
+
+def _put(src: str, dst: str, how: str, allowed) -> None:
+    if how == "move":
+        relocate(src, dst, allowed)
+    else:
+        place(src, dst, how, allowed)
 
 
 def _reason(state: str, src: str, dst: str) -> str:
@@ -139,20 +149,23 @@ class Mover:
         if not folder.is_dir():
             return []
         return [p for p in sorted(folder.glob(JOURNAL_GLOB))
-                if Journal.read(p)[-1].get("op") != "end"]
+                if not {r.get("op") for r in Journal.read(p)} & _CLOSED]
 
     def resume(self, path: Path, report: MoveReport) -> None:
         """Finish a journal a killed run left open: every planned move is done or undone."""
         records = self._records(path)
         done = {r["src"] for r in records if r.get("op") in ("moved", "skipped")}
+        hows = _hows(records)
         # moves done before the kill whose index update may not have been committed
-        follow = [(r["src"], r["dst"]) for r in records if r.get("op") == "moved"]
+        unmoved = {r.get("src") for r in records if r.get("op") == "unmoved"}
+        follow = [(r["src"], r["dst"]) for r in records if r.get("op") == "moved"
+                  and hows.get(r["src"]) == "move" and r["src"] not in unmoved]
         journal = Journal(path)
         try:
             for r in records:
                 if r.get("op") == "move" and r["src"] not in done:
-                    pair = self._finish_one(r["src"], r["dst"], journal, report)
-                    if pair:
+                    pair = self._finish_one(r["src"], r["dst"], journal, report, hows[r["src"]])
+                    if pair and hows[r["src"]] == "move":
                         follow.append(pair)
             self._follow(follow)
             follow = []
@@ -161,12 +174,12 @@ class Mover:
             journal.close()
             self._follow(follow)
 
-    def _finish_one(self, src: str, dst: str, journal: Journal, report: MoveReport
-                    ) -> tuple[str, str] | None:
+    def _finish_one(self, src: str, dst: str, journal: Journal, report: MoveReport,
+                    how: str = "move") -> tuple[str, str] | None:
         try:
-            state = settle(src, dst)
+            state = settle(src, dst) if how == "move" else files.settle_placed(src, dst, how)
             if state == "todo":
-                relocate(src, dst, self.bounds.dst_problem)
+                _put(src, dst, how, self.bounds.dst_problem)
                 state = "done"
         except OSError as exc:
             journal.write(op="skipped", src=src, reason=report.problem(src, why(exc)))
@@ -227,15 +240,15 @@ class Mover:
             report.problem(m.src, why(exc))
             return None
         journal.write(op="move", src=m.src, dst=m.dst, size=st.st_size,
-                      mtime_ns=st.st_mtime_ns, group=m.group, tier=m.tier)
+                      mtime_ns=st.st_mtime_ns, group=m.group, tier=m.tier, how=m.how)
         try:
-            relocate(m.src, m.dst, self.bounds.dst_problem)
+            _put(m.src, m.dst, m.how, self.bounds.dst_problem)
         except OSError as exc:
             journal.write(op="skipped", src=m.src, reason=report.problem(m.src, why(exc)))
             return None
         journal.write(op="moved", src=m.src, dst=m.dst)
         report.moved += 1
-        return m.src, m.dst
+        return (m.src, m.dst) if m.how == "move" else None
 
     def undo(self, path: Path, report: MoveReport) -> None:
         """Put every file the journal moved back where it was; never over an existing file."""
@@ -244,13 +257,16 @@ class Mover:
             self.resume(path, MoveReport(None))    # settle a killed run first
             records = self._records(path)
         undone = {r["src"] for r in records if r.get("op") == "unmoved"}
+        hows = _hows(records)
         report.journal = str(path)
         journal = Journal(path)
         follow: list[tuple[str, str]] = []
         try:
             for r in records:
+                how = hows.get(r.get("src"), "move")
                 if r.get("op") == "moved" and r["src"] not in undone \
-                        and self._restore_one(r["src"], r["dst"], journal, report):
+                        and self._restore_one(r["src"], r["dst"], journal, report, how) \
+                        and how == "move":
                     follow.append((r["dst"], r["src"]))
                 if len(follow) >= self.batch:
                     self._follow(follow)
@@ -263,9 +279,15 @@ class Mover:
             journal.close()
             self._follow(follow)
 
-    def _restore_one(self, src: str, dst: str, journal: Journal, report: MoveReport) -> bool:
+    def _restore_one(self, src: str, dst: str, journal: Journal, report: MoveReport,
+                     how: str = "move") -> bool:
         try:
-            if os.path.lexists(src) and same_file(src, dst):
+            if how != "move":
+                problem = files.unplace(src, dst, how)
+                if problem:
+                    report.problem(src, problem)
+                    return False
+            elif os.path.lexists(src) and same_file(src, dst):
                 os.unlink(dst)                       # killed between link and unlink
             elif os.path.lexists(src):
                 report.problem(src, "a file exists there now; not overwritten")
@@ -279,8 +301,14 @@ class Mover:
             report.problem(src, why(exc))
             return False
         journal.write(op="unmoved", src=src, dst=dst)
+        files.prune_empty(os.path.dirname(dst), self.folder)
         report.restored += 1
         return True
+
+
+def _hows(records: list[dict]) -> dict[str, str]:
+    """How each planned file was to be placed (a journal before organize: moved)."""
+    return {r["src"]: r.get("how", "move") for r in records if r.get("op") == "move"}
 
 
 def move_duplicates(open_store: Callable[[bool], Any], find: Callable[[], Any],

@@ -79,6 +79,11 @@ class Catalog:
             folder = os.path.dirname(key) or "."
             raise QueryError(f"{path} is not in the index; add its folder with "
                              f"{command_line('index', folder, '--db', self.folder)}")
+        from ..decode.dates import date_taken
+
+        when, source = date_taken(row.get("taken_at"), row.get("taken_from"), row["path"],
+                                  row["mtime_ns"])
+        row["date_taken"], row["date_from"] = when.isoformat(timespec="seconds"), source
         return row
 
     @routed

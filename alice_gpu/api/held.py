@@ -41,10 +41,10 @@ READS = frozenset({"stats", "find", "find_json", "find_lines", "show", "similar"
                    "tags", "decisions", "asset", "browse", "revision", "locate", "thumbnail",
                    "image", "journals", "similar_to"})
 QUEUED = frozenset({"tag", "auto_tag", "decide_groups", "forget_decision"})
-REFUSED = {"index": "an index run", "move_duplicates": "moving files",
+REFUSED = {"index": "an index run", "move_duplicates": "moving files", "organize": "organizing",
            "move_aside": "moving files", "undo": "moving files back"}
 SERVED = READS | QUEUED | frozenset(REFUSED)
-PROGRESSING = frozenset({"index"})               # calls whose progress events are forwarded
+PROGRESSING = frozenset({"index", "organize"})               # calls whose progress events are forwarded
 
 
 class HeldIndex:

@@ -26,6 +26,7 @@ from ..features.modelcfg import known_dim
 from ..search.cache import QueryCache, file_stamp
 from .catalog import Catalog
 from .media import Media
+from .organizing import Organizing
 from .routing import routed
 from ..store import DB_FILE, MANIFEST_FILE, Store
 
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class AliceIndex(Catalog, Media):
+class AliceIndex(Catalog, Media, Organizing):
     """One index folder. Each call opens the store for just as long as it needs it."""
 
     def __init__(self, db: str | os.PathLike[str] | None = None, config: Config | None = None,
@@ -94,14 +95,17 @@ class AliceIndex(Catalog, Media):
               decode: str | None = None, prune: bool = False,
               progress: ProgressFn | None = None, engine: str = "local",
               address: str | None = None, gpus_per_worker: float | None = None,
-              ray_engine: "RayEngine | None" = None) -> IndexSummary:
+              ray_engine: "RayEngine | None" = None, settle: float = 0.0,
+              within: list[str] | None = None) -> IndexSummary:
         """Add new and changed files under ``paths``; drop vanished ones.
 
         ``progress`` receives :class:`~alice_gpu.pipeline.ProgressEvent` objects.
 
         Unchanged files that failed before are skipped unless ``retry_failed``.
         ``engine="ray"`` runs the decode and features stages on a Ray cluster (``address``,
-        default: a local one), with ``gpus_per_worker`` GPUs per features actor.
+        default: a local one), with ``gpus_per_worker`` GPUs per features actor. Files
+        changed less than ``settle`` seconds ago are left for a later run; ``within``: walk
+        only these folders under ``paths`` (where a watcher saw changes).
         """
         cfg = self.config.with_overrides(device=device, features__embed=embed,
                                          performance__batch_size=batch_size,
@@ -127,12 +131,13 @@ class AliceIndex(Catalog, Media):
         if ray_engine is not None:
             ray_engine.prepare(cfg)    # connected, device chosen: or a one-line error now
         try:
-            return self._run_index(roots, cfg, dev, progress, retry_failed, prune, ray_engine)
+            return self._run_index(roots, cfg, dev, progress, retry_failed,
+                                   (prune, settle, within), ray_engine)
         finally:
             if ray_engine is not None:
                 ray_engine.close()
 
-    def _run_index(self, roots, cfg, dev, progress, retry_failed, prune, engine):
+    def _run_index(self, roots, cfg, dev, progress, retry_failed, how, engine):
         from ..search.vectors import VectorIndex
         from .held import holding
 
@@ -140,21 +145,22 @@ class AliceIndex(Catalog, Media):
             with self._held.index_lock, self._open(read_only=False) as store:
                 vectors = self._held.vectors = VectorIndex(store)
                 return self._index_into(store, vectors, roots, cfg, dev, progress,
-                                        retry_failed, prune, engine)
+                                        retry_failed, how, engine)
         with self._open(read_only=False) as store, holding(store, self.folder) as held:
             vectors = held.vectors = VectorIndex(store)   # queries share the run's index
             return self._index_into(store, vectors, roots, cfg, dev, progress, retry_failed,
-                                    prune, engine)
+                                    how, engine)
 
     @staticmethod
-    def _index_into(store, vectors, roots, cfg, dev, progress, retry_failed, prune, engine):
+    def _index_into(store, vectors, roots, cfg, dev, progress, retry_failed, how, engine):
         from ..features.quantize import embedding_space
         from ..pipeline import run_index
 
         if cfg.features.embed:      # never two embedding spaces in one index
             store.claim_space(embedding_space(cfg.features.precision))
+        prune, settle, within = how
         summary = run_index(store, vectors, roots, cfg, dev, progress, retry_failed, prune,
-                            engine=engine)
+                            engine=engine, settle=settle, within=within)
         if cfg.metadata.auto_tags:
             store.auto_tags()
         return summary

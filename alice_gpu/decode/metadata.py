@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from .aimeta import MAX_TEXT, parse_generation
+from .dates import FROM_CREATE, FROM_MODIFY, FROM_ORIGINAL, parse_iso, xmp_date
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ _MAKE, _MODEL, _SOFTWARE, _ARTIST, _DESCRIPTION, _DATETIME = 0x010F, 0x0110, 0x0
     0x010E, 0x0132
 _ORIENTATION, _EXIF_IFD, _GPS_IFD = 0x0112, 0x8769, 0x8825
 _TAKEN, _OFFSET_TAKEN, _USER_COMMENT, _LENS = 0x9003, 0x9011, 0x9286, 0xA434
+_DIGITIZED, _OFFSET_DIGITIZED, _OFFSET = 0x9004, 0x9012, 0x9010
 
 
 @dataclass
@@ -253,7 +255,7 @@ def read_exif(tiff: bytes, gps: bool = True) -> dict[str, Any]:
         log.debug("unreadable EXIF: %s", exc)
         return {}
     out: dict[str, Any] = {
-        "taken_at": _when(sub.get(_TAKEN), sub.get(_OFFSET_TAKEN)) or _when(exif.get(_DATETIME)),
+        **_exif_date(exif, sub),
         "camera_make": _text(exif.get(_MAKE)), "camera_model": _text(exif.get(_MODEL)),
         "lens": _text(sub.get(_LENS)), "software": _text(exif.get(_SOFTWARE)),
         "exif_orientation": exif.get(_ORIENTATION),
@@ -268,6 +270,31 @@ def read_exif(tiff: bytes, gps: bool = True) -> dict[str, Any]:
     return out
 
 
+def _exif_date(exif: Any, sub: Any) -> dict[str, Any]:
+    """The EXIF date (ISO text) and which tag it came from (decode/dates.py's chain)."""
+    for value, offset, source in ((sub.get(_TAKEN), sub.get(_OFFSET_TAKEN), FROM_ORIGINAL),
+                                  (sub.get(_DIGITIZED), sub.get(_OFFSET_DIGITIZED), FROM_CREATE),
+                                  (exif.get(_DATETIME), sub.get(_OFFSET), FROM_MODIFY)):
+        when = _when(value, offset)
+        if when:
+            return {"taken_at": when, "taken_from": source}
+    return {"taken_at": None, "taken_from": None}
+
+
+def _file_date(raw: Raw, facts: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The in-file date of the chain: EXIF's original or digitised date, else an XMP or
+    PNG creation date, else EXIF's modify date (which the file name outranks later)."""
+    if facts.get("taken_at") and facts.get("taken_from") != FROM_MODIFY:
+        return facts["taken_at"], facts["taken_from"]
+    found = xmp_date(raw.xmp)
+    if found is None:
+        created = parse_iso(raw.text.get("Creation Time"))
+        found = (created.isoformat(), "png:Creation Time") if created else None
+    if found is not None:
+        return found
+    return facts.get("taken_at"), facts.get("taken_from")
+
+
 def extract(data: bytes, info: dict | None = None, *, gps: bool = True,
             alpha: Any = None) -> dict[str, Any]:
     """Every fact the store keeps about a file beyond its pixels (None where absent).
@@ -278,8 +305,9 @@ def extract(data: bytes, info: dict | None = None, *, gps: bool = True,
     raw = containers(data, info)
     facts = read_exif(raw.exif, gps) if raw.exif else {}
     gen = parse_generation(raw.text, facts, raw.xmp, raw.c2pa, raw.comment, alpha)
-    out = {k: facts.get(k) for k in ("taken_at", "camera_make", "camera_model", "lens",
+    out = {k: facts.get(k) for k in ("camera_make", "camera_model", "lens",
                                      "software", "gps_lat", "gps_lon")}
+    out["taken_at"], out["taken_from"] = _file_date(raw, facts)
     for key in ("camera_make", "camera_model", "software"):   # ComfyUI's graphs live there
         if not _plain_field(out[key]):
             out[key] = None

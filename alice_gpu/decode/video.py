@@ -154,7 +154,7 @@ def _facts(container, stream) -> dict:
             "codec": cc.name, "coded_width": cc.width, "coded_height": cc.height,
             "rotation": _rotation(container, stream),
             "audio": bool(container.streams.audio),
-            "taken_at": _created(container.metadata, stream.metadata),
+            **_created(container.metadata, stream.metadata),
             "frames": stream.frames or None}
 
 
@@ -172,7 +172,7 @@ def _rotation(container, stream) -> int:
     return 0
 
 
-def _created(*metadata: dict) -> str | None:
+def _created(*metadata: dict) -> dict:
     """The container's creation date (QuickTime/MP4 ``creation_time``, Matroska
     ``DATE``); a zero date (1904/1970, what cameras write unset) is none."""
     for md in metadata:
@@ -185,8 +185,9 @@ def _created(*metadata: dict) -> str | None:
             except ValueError:
                 continue
             if when.year > 1971:
-                return when.replace(tzinfo=None).isoformat()
-    return None
+                return {"taken_at": when.replace(tzinfo=None).isoformat(),
+                        "taken_from": f"container:{key}"}
+    return {"taken_at": None, "taken_from": None}
 
 
 def sample_times(duration: float | None) -> list[float]:

@@ -29,6 +29,7 @@ from ..store import Store
 from .local import LocalEngine
 from .metrics import PeakMemory, RunMetrics, StageTimer
 from .pool import effective_workers
+from .renames import follow_renames
 from .stages import Engine, EngineFailure, need_meta
 from .writer import Writer
 
@@ -64,6 +65,8 @@ class IndexSummary:
     embedded: int = 0
     reused: int = 0
     removals_held: int = 0
+    renamed: int = 0                # rows that followed their file to a new path
+    deferred: int = 0               # files still being written: left for a later run
     pending: int = 0
     interrupted: bool = False
     device: str = "cpu"
@@ -110,19 +113,22 @@ class Interrupted(Exception):
 def run_index(store: Store, vectors: VectorIndex, roots: Iterable[str], cfg: Config,
               device: "torch.device | None" = None, progress: ProgressFn | None = None,
               retry_failed: bool = False, prune: bool = False,
-              engine: Engine | None = None) -> IndexSummary:
+              engine: Engine | None = None, settle: float = 0.0,
+              within: Iterable[str] | None = None) -> IndexSummary:
     """Index ``roots`` into ``store``: only new or changed files are decoded.
 
     ``device`` None means "select from ``cfg.device`` if the device is needed": a
     run with nothing to do, or a CPU hash-only run, never imports torch. ``engine``
     None is the local engine (a process pool); a prepared
-    :class:`~.ray_engine.RayEngine` distributes the same stages on Ray.
+    :class:`~.ray_engine.RayEngine` distributes the same stages on Ray. Files changed
+    less than ``settle`` seconds ago are left for a later run, and ``within`` (folders
+    under the roots) limits the walk to where something changed (both for ``watch``).
     """
     roots = list(roots)
     job = _IndexJob(store, vectors, cfg, device, progress, engine)
     with _stop_on_signals(job.stop):
         try:
-            found = job.discover(roots, retry_failed)
+            found = job.discover(list(within) if within else roots, retry_failed, settle)
             job.engine.start(found.todo)     # forked now: no torch, no threads yet
             with PeakMemory() as mem:
                 job.begin_run(roots, found, prune)
@@ -163,7 +169,7 @@ class _IndexJob:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------ steps
-    def discover(self, roots: list[str], retry_failed: bool) -> Discovery:
+    def discover(self, roots: list[str], retry_failed: bool, settle: float = 0.0) -> Discovery:
         """Walk the roots; split new/changed from unchanged files and list vanished ones."""
         embed = self.cfg.features.embed
         threads = min(8, 2 * self.summary.workers) if (
@@ -172,7 +178,9 @@ class _IndexJob:
             found = discover(roots, self.store.known_state(require_embedding=embed,
                                                            need_meta=need_meta(self.cfg),
                                                            retry_failed=retry_failed),
-                             threads=threads)
+                             threads=threads, settle=settle)
+            self.summary.renamed = follow_renames(self.store, found)
+            self.summary.deferred = len(found.deferred)
             self.known = known_contents(self.store, found.todo, embed, need_meta(self.cfg))
         self.summary.files_seen = found.files_seen
         self.summary.unchanged = len(found.unchanged)

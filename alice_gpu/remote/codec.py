@@ -28,7 +28,7 @@ CLASSES = {
     "WeakestPair": "alice_gpu.search.queries",
     "MoveReport": "alice_gpu.actions.moves", "PlannedMove": "alice_gpu.actions.moves",
     "IndexSummary": "alice_gpu.pipeline.run", "FailedFile": "alice_gpu.pipeline.run",
-    "Filters": "alice_gpu.store.filters",
+    "Filters": "alice_gpu.store.filters", "OrganizeReport": "alice_gpu.actions.organize",
 }
 ERRORS = {name: getattr(errors, name) for name in
           ("ConfigError", "DeviceError", "ModelError", "QueryError", "QueryMemoryError",
@@ -106,8 +106,9 @@ class NeedsFeature(errors.QueryError):
 
 def encode_error(exc: BaseException) -> dict[str, Any]:
     kind = type(exc).__name__
-    doc = {"type": "error", "kind": kind if kind in ERRORS else "unexpected",
-           "class": kind, "message": str(exc)}
+    if kind not in ERRORS:                 # a subclass (TemplateError) travels as its base
+        kind = next((n for n, c in ERRORS.items() if isinstance(exc, c)), "unexpected")
+    doc = {"type": "error", "kind": kind, "class": type(exc).__name__, "message": str(exc)}
     if isinstance(exc, NeedsFeature):
         doc.update(kind="NeedsFeature", model=exc.model, embedded=exc.embedded, space=exc.space)
     return doc

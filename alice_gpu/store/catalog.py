@@ -109,6 +109,29 @@ class Catalog:
             sql += f" LIMIT {int(limit)}"
         return [(from_db(p), w, pr, tg) for p, w, pr, tg in self.con.execute(sql, params).fetchall()]
 
+    ORGANIZE_COLUMNS = ("id", "path", "size", "mtime_ns", "status", "format", "content_hash",
+                        "kind", "taken_at", "taken_from", "camera_make", "camera_model",
+                        "ai_source", "ai_model")
+
+    def organize_page(self, folder: str, after: str = "", limit: int = 4096
+                      ) -> tuple[list[dict[str, Any]], str]:
+        """What ``organize`` files by, for up to ``limit`` rows under ``folder`` after the
+        stored path ``after`` (in stored order), and the key of the next page."""
+        from .filters import folder_condition
+
+        cond, params = folder_condition(folder, "a")
+        cols = self.ORGANIZE_COLUMNS
+        rows = self.con.execute(
+            f"SELECT {', '.join('a.' + c for c in cols)}, (SELECT list(t.tag ORDER BY t.tag) "
+            f"FROM tags t WHERE t.asset_id = a.id) FROM assets a WHERE {cond} AND a.path > ? "
+            f"ORDER BY a.path LIMIT {int(limit)}", [*params, after]).fetchall()
+        out = []
+        for row in rows:
+            item = dict(zip(cols, row[:len(cols)]))
+            item["path"], item["tags"] = from_db(item["path"]), row[len(cols)] or []
+            out.append(item)
+        return out, (rows[-1][1] if rows else after)
+
     def record(self, path: str) -> dict[str, Any] | None:
         """One file's whole row: what the index knows, its metadata, tags and whether it has
         an embedding (``ai_meta`` parsed back from JSON)."""

@@ -136,6 +136,17 @@ class Reads:
                                    f"FROM assets a JOIN _q USING (id)")
             return {row[0]: _row(row) for row in cur.fetchall()}
 
+    def contents_of(self, paths: Iterable[str]) -> dict[str, tuple[int, int, str]]:
+        """(size, mtime_ns, content hash) of those of ``paths`` stored with a hash."""
+        keys = [to_db(p) for p in paths]
+        if not keys:
+            return {}
+        with registered(self.con, "_q", path=(keys, "string")):
+            rows = self.con.execute("SELECT a.path, a.size, a.mtime_ns, a.content_hash FROM "
+                                    "assets a JOIN _q USING (path) "
+                                    "WHERE a.content_hash IS NOT NULL").fetchall()
+        return {from_db(p): (int(s), int(m), h) for p, s, m, h in rows}
+
     def paths_by_ids(self, ids: np.ndarray) -> dict[int, str]:
         """id -> path of the given ids (only the paths: a million ids stay light)."""
         ids = np.asarray(ids, np.int64)

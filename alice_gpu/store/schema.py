@@ -21,7 +21,7 @@ from ..errors import StorageError, StoreError, command_line, is_storage_failure
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 DB_FILE = "alice.duckdb"
 MANIFEST_FILE = "manifest.json"
 
@@ -38,7 +38,9 @@ META_TYPES = {"mode": "VARCHAR", "frames": "INTEGER", "taken_at": "TIMESTAMP",
               "cfg": "DOUBLE", "ai_meta": "VARCHAR", "meta_version": "SMALLINT",
               # videos (schema 8): kind 'video' (NULL: an image), what the container states
               "kind": "VARCHAR", "duration": "DOUBLE", "fps": "DOUBLE", "codec": "VARCHAR",
-              "rotation": "SMALLINT", "audio": "BOOLEAN", "sampled": "SMALLINT"}
+              "rotation": "SMALLINT", "audio": "BOOLEAN", "sampled": "SMALLINT",
+              # schema 9: which fact taken_at came from (decode/dates.py)
+              "taken_from": "VARCHAR"}
 _VIDEO_META = ("kind", "duration", "fps", "codec", "rotation", "audio", "sampled")
 META_COLUMNS = tuple(META_TYPES)
 
@@ -149,6 +151,10 @@ _MIGRATIONS = {
     # since 8 videos: their container facts, and their sampled frames
     7: [f"ALTER TABLE assets ADD COLUMN IF NOT EXISTS {k} {META_TYPES[k]}" for k in _VIDEO_META]
        + [_FRAMES, "ALTER TABLE runs ADD COLUMN IF NOT EXISTS skipped VARCHAR"],
+    # since 9 where each date taken came from; older dates are EXIF's or a container's
+    8: ["ALTER TABLE assets ADD COLUMN IF NOT EXISTS taken_from VARCHAR",
+        "UPDATE assets SET taken_from = CASE WHEN kind = 'video' THEN 'container' "
+        "ELSE 'exif' END WHERE taken_at IS NOT NULL"],
 }
 
 
