@@ -236,3 +236,24 @@ def test_an_index_run_meanwhile_is_carried_out_by_the_watcher(scratch, photos):
         assert json.loads(out)["decoded"] == 5 and _count(db) == 5
     finally:
         assert w.stop() == 0
+
+
+def test_serve_watch_keeps_the_index_current_while_it_serves(tmp_path, photos):
+    pytest.importorskip("fastapi")
+    from webkit import served
+
+    root = tmp_path / "watched"
+    _copy_in_bursts(photos, root, 4, 4, 0)
+    with served(tmp_path / "db", tmp_path / "aside", watch=[str(root)]) as (_, client):
+        deadline = time.monotonic() + WAIT
+        while client.json("/api/stats")["assets"] < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        shutil.copyfile(sorted((photos / "images").iterdir())[50], root / "late.JPEG")
+        while client.json("/api/stats")["assets"] < 5:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        (root / "late.JPEG").unlink()
+        while client.json("/api/stats")["assets"] != 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)

@@ -26,7 +26,7 @@ import re
 import signal
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ..discover import normalize_path
@@ -125,7 +125,7 @@ class Watcher:
         self.poll, self.polling = poll, poll is not None
         self.settle = SETTLE if settle is None else settle
         self.reconcile = RECONCILE if reconcile is None else reconcile
-        self.on_pass = on_pass or (lambda doc: None)
+        self.on_pass = on_pass or (lambda doc: log.info("watch: %s", doc))
         self.stop = stop or threading.Event()
         self.wake = threading.Event()
         self.lock = threading.Lock()
@@ -278,11 +278,13 @@ class Watcher:
             self.observer.join(timeout=5)
             self.observer = None
 
-    def run(self) -> None:
-        """Hold the index and keep it current until stopped."""
+    def run(self, hold: bool = True) -> None:
+        """Hold the index (unless the caller does: ``serve --watch``) and keep it current
+        until stopped."""
         from ..pipeline import Interrupted
 
-        with _stopped_by_signals(self.stop, self.wake), self.api.hold():
+        with _stopped_by_signals(self.stop, self.wake), \
+                (self.api.hold() if hold else nullcontext()):
             self.mounts, self.paused = mounts_at_or_under(self.roots), False
             self.observer = self._observe()
             self.on_pass({"event": "watching", "roots": self.roots, "polling": self.polling,

@@ -320,11 +320,15 @@ O_SET_ASIDE = typer.Option(None, "--move-to", metavar="DIR", help="Where copies 
                            "aside (default ~/alice-gpu-set-aside).")
 
 
+O_WATCH = typer.Option(None, "--watch", metavar="ROOT", help="Keep the index of ROOT current "
+                       "while serving, as `alice-gpu watch ROOT` does (repeatable).")
+
+
 @app.command()
 def serve(db: Optional[Path] = DB, host: str = O_HOST, port: int = O_PORT,
           open_browser: bool = O_OPEN, read_only: bool = O_READ_ONLY,
           token: Optional[str] = O_TOKEN, move_to: Optional[Path] = O_SET_ASIDE,
-          config: Optional[Path] = CONFIG) -> int:
+          watch: Optional[List[Path]] = O_WATCH, config: Optional[Path] = CONFIG) -> int:
     """A local web app: browse, search by image, review duplicates, undo (Ctrl-C stops)."""
     try:
         import fastapi  # noqa: F401 - the [serve] extra
@@ -337,7 +341,8 @@ def serve(db: Optional[Path] = DB, host: str = O_HOST, port: int = O_PORT,
 
     api = open_api(db, config)
     call(run_server, api, host, port, read_only=read_only, token=token, move_to=move_to,
-         open_browser=open_browser, announce=lambda url: say(f"alice-gpu serve: {url}"))
+         open_browser=open_browser, announce=lambda url: say(f"alice-gpu serve: {url}"),
+         watch=[str(p) for p in watch or []])
     # stopped, and the index let go: the process ends here. Threads still at work (a
     # model export, a groups computation, the upload decoder's pool) may be inside
     # native code, where ending the interpreter under them hangs or aborts (SIGABRT)

@@ -72,6 +72,9 @@ def _digest(path: str) -> str:
     return h.hexdigest()[:16]
 
 
+_EXPORTING = threading.Lock()
+
+
 def model_file(name: str, announce: Callable[[str], None] | None = None) -> Path:
     """The cached ONNX file of ``name``, exported now if missing or stale."""
     cfg, weights = _cfg_and_weights(name)
@@ -81,7 +84,10 @@ def model_file(name: str, announce: Callable[[str], None] | None = None) -> Path
     path = folder / f"{key}.onnx"
     if path.is_file():
         return path
-    export_file(name, cfg, folder, path, announce)
+    with _EXPORTING:                  # torch.export is not re-entrant across threads
+        if path.is_file():            # another thread (serve's warm-up) just made it
+            return path
+        export_file(name, cfg, folder, path, announce)
     for stale in folder.glob(f"{name}-*.onnx"):          # other weights or versions
         if stale != path:
             stale.unlink(missing_ok=True)

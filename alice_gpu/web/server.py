@@ -48,9 +48,9 @@ class Keeper(threading.Thread):
     """Holds the index for the server's life: tries until it can (another run may hold
     it), then serves it (views for the web app, the socket for the CLI) until stopped."""
 
-    def __init__(self, api: "AliceIndex", state: WebState):
+    def __init__(self, api: "AliceIndex", state: WebState, watch: list[str] | None = None):
         super().__init__(name="alice-serve-holder", daemon=True)
-        self.api, self.state = api, state
+        self.api, self.state, self.watch = api, state, watch or []
         self.stop = threading.Event()
         self.ready = threading.Event()
 
@@ -60,6 +60,13 @@ class Keeper(threading.Thread):
                 with self.api.hold():
                     self.state.holding = True
                     self.ready.set()
+                    if self.watch:                    # serve --watch: kept current meanwhile
+                        from ..api.watching import Watcher
+
+                        try:
+                            Watcher(self.api, self.watch, stop=self.stop).run(hold=False)
+                        except Exception:   # noqa: BLE001 - the server goes on unwatched
+                            log.exception("the watch of %s stopped", ", ".join(self.watch))
                     self.stop.wait()
                     self.state.holding = False
                 return
@@ -118,8 +125,10 @@ class Running:
 
 def start(api: "AliceIndex", host: str = "127.0.0.1", port: int = 8765, *,
           read_only: bool = False, token: str | None = None,
-          move_to: str | os.PathLike[str] | None = None) -> Running:
-    """Take the index (unless read-only), build the app, and make the server ready."""
+          move_to: str | os.PathLike[str] | None = None,
+          watch: list[str] | None = None) -> Running:
+    """Take the index (unless read-only), build the app, and make the server ready;
+    ``watch``: folders the holder keeps the index of current (:mod:`alice_gpu.api.watching`)."""
     import uvicorn
 
     from .app import create_app
@@ -129,6 +138,8 @@ def start(api: "AliceIndex", host: str = "127.0.0.1", port: int = 8765, *,
     if not is_loopback(host) and not token:
         raise ConfigError(f"--host {host} is reachable from other machines: give --token, or "
                           f"--token auto to have one made and printed")
+    if watch and read_only:
+        raise ConfigError("--watch writes the index; it does not go with --read-only")
     if token == "auto":
         token = secrets.token_urlsafe(24)
     sock = listening(host, port)           # a port in use is one line, before anything else
@@ -136,7 +147,7 @@ def start(api: "AliceIndex", host: str = "127.0.0.1", port: int = 8765, *,
                      read_only, token)
     keeper = None
     if not read_only:
-        keeper = Keeper(api, state)
+        keeper = Keeper(api, state, watch)
         keeper.start()
         keeper.ready.wait(30)
     state.groups = Groups(api, state.move_to)
@@ -169,9 +180,11 @@ def listening(host: str, port: int) -> socket.socket:
 
 def serve(api: "AliceIndex", host: str, port: int, *, read_only: bool = False,
           token: str | None = None, move_to: str | os.PathLike[str] | None = None,
-          open_browser: bool = False, announce: Any = print) -> None:
+          open_browser: bool = False, announce: Any = print,
+          watch: list[str] | None = None) -> None:
     """Run the web app until Ctrl-C. ``announce`` gets the URL (with its token)."""
-    running = start(api, host, port, read_only=read_only, token=token, move_to=move_to)
+    running = start(api, host, port, read_only=read_only, token=token, move_to=move_to,
+                    watch=watch)
     announce(running.url)
     if open_browser:
         import webbrowser
