@@ -44,9 +44,12 @@ def test_every_readme_command_runs_as_printed(tmp_path, photos):
     info.add_text("parameters", "a cat on a sofa\nSteps: 20, Sampler: Euler a, Seed: 7")
     Image.new("RGB", (64, 64), (200, 120, 40)).save(media / "made.png", pnginfo=info)
     for line in readme_commands():
-        line = line.replace("~/media", str(media)).replace("~/dups", str(dups))
+        line = line.replace("~/media", str(media)).replace("~/dups", str(dups)) \
+            .replace("~/sorted", str(tmp_path / "sorted"))
         if "JOURNAL" in line:
-            journal = sorted(dups.glob("alice-gpu-journal-*.jsonl"))[-1]
+            journal = sorted([*dups.glob("alice-gpu-journal-*.jsonl"),
+                              *(tmp_path / "sorted").glob("alice-gpu-journal-*.jsonl")],
+                             key=lambda p: p.stat().st_mtime_ns)[-1]
             line = line.replace("JOURNAL", shlex.quote(str(journal)))
         args = shlex.split(line)[1:]
         if args[0] == "serve":

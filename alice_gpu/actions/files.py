@@ -75,10 +75,11 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def relocate(src: str, dst: str, allowed: Callable[[str], str | None] | None = None) -> None:
-    """Move one regular file without ever having it only half somewhere, never over an
-    existing name, never through a symlink; ``allowed(dst)`` re-checks the destination
-    once its folders exist."""
+def _ready(src: str, dst: str, allowed: Callable[[str], str | None] | None
+           ) -> tuple[os.stat_result, str]:
+    """The source's stat and the destination's folder, made; OSError when the source is
+    not a regular file, the destination is not allowed (checked once its folders
+    exist) or already taken."""
     st = regular(src)
     parent = os.path.dirname(dst)
     os.makedirs(parent, exist_ok=True)
@@ -87,6 +88,14 @@ def relocate(src: str, dst: str, allowed: Callable[[str], str | None] | None = N
         raise OSError(errno.EACCES, problem)
     if os.path.lexists(dst):
         raise OSError(errno.EEXIST, f"{dst} already exists; not overwritten")
+    return st, parent
+
+
+def relocate(src: str, dst: str, allowed: Callable[[str], str | None] | None = None) -> None:
+    """Move one regular file without ever having it only half somewhere, never over an
+    existing name, never through a symlink; ``allowed(dst)`` re-checks the destination
+    once its folders exist."""
+    st, parent = _ready(src, dst, allowed)
     try:
         os.link(src, dst, follow_symlinks=False)     # atomic, and fails instead of overwriting
     except OSError as exc:
@@ -105,14 +114,7 @@ def place(src: str, dst: str, how: str,
     if how == "move":
         relocate(src, dst, allowed)
         return
-    st = regular(src)
-    parent = os.path.dirname(dst)
-    os.makedirs(parent, exist_ok=True)
-    problem = allowed(dst) if allowed is not None else None
-    if problem:
-        raise OSError(errno.EACCES, problem)
-    if os.path.lexists(dst):
-        raise OSError(errno.EEXIST, f"{dst} already exists; not overwritten")
+    st, parent = _ready(src, dst, allowed)
     if how == "link":
         os.link(src, dst, follow_symlinks=False)
     else:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .routing import routed
@@ -40,8 +41,10 @@ class Organizing:
                 raise QueryError(f"{p} does not exist")
         if index_first:
             self.index(paths, progress=progress)
-        return organize(lambda read_only: self._open(read_only=read_only), paths, dest,
-                        template, how, dry_run)
+        held = getattr(self, "_held", None)         # in a watcher or server: not mid-pass
+        with held.index_lock if held is not None else nullcontext():
+            return organize(lambda read_only: self._open(read_only=read_only), paths, dest,
+                            template, how, dry_run)
 
     def watch(self, roots: Iterable[str | os.PathLike[str]], *, poll: float | None = None,
               settle: float | None = None, reconcile: float | None = None,

@@ -122,7 +122,7 @@ class Watcher:
                  stop: threading.Event | None = None):
         self.api = api
         self.roots = [normalize_path(os.path.abspath(os.path.expanduser(r))) for r in roots]
-        self.poll, self.polling = poll, poll is not None
+        self.poll, self.polling, self.forced = poll, poll is not None, poll
         self.settle = SETTLE if settle is None else settle
         self.reconcile = RECONCILE if reconcile is None else reconcile
         self.on_pass = on_pass or (lambda doc: log.info("watch: %s", doc))
@@ -266,11 +266,30 @@ class Watcher:
             self.paused = False
             log.warning("everything watched is mounted again; scanning it")
             self._stop_observer()
+            self.polling, self.poll = self.forced is not None, self.forced
             self.observer = self._observe()
             with self.lock:
                 self.marked |= set(self.roots)
             self.on_pass({"event": "resumed", "at": time.time()})
         return not self.paused
+
+    def _events_lost(self) -> None:
+        """An event thread that died (the watch limit reached for a new folder, say):
+        polling from now on, said once, and a full pass at once."""
+        if self.observer is None:
+            return
+        # watchdog's inotify emitter reads through a buffer thread, which ends when adding
+        # a watch fails or the watched folder goes; its emitter thread stays alive
+        threads = [t for e in self.observer.emitters for t in (e, getattr(e, "_inotify", None))
+                   if t is not None]
+        if all(t.is_alive() for t in threads):
+            return
+        self._stop_observer()
+        self.polling, self.poll = True, self.poll or POLL
+        log.warning("watching by polling every %g s: change events stopped (the inotify "
+                    "watch limit reached?)", self.poll)
+        with self.lock:
+            self.marked |= set(self.roots)
 
     def _stop_observer(self) -> None:
         if self.observer is not None:
@@ -293,7 +312,10 @@ class Watcher:
                 self.run_pass(None, "start")
                 last_full = time.monotonic()
                 while not self.stop.is_set():
-                    due = self._due(last_full) if self._mounted() else None
+                    mounted = self._mounted()
+                    if mounted:
+                        self._events_lost()
+                    due = self._due(last_full) if mounted else None
                     if due is None:
                         self.wake.wait(0.25 if self.marked or self.retry else 1.0)
                         self.wake.clear()
