@@ -12,7 +12,8 @@ INDEX_KEYS = {"files_seen", "decoded", "unchanged", "failed", "removed", "second
               "files_per_second", "embedded", "reused", "removals_held", "pending",
               "interrupted", "device", "workers", "batch_size", "run_id", "failed_files",
               "metrics",
-              "driver_files", "skipped", "runtime", "space"}   # added later: the document only grows
+              "driver_files", "skipped", "runtime", "space",   # added later: the document only grows
+              "renamed", "deferred"}
 METRIC_KEYS = {"files_processed", "processing_time", "average_file_time", "memory_usage_mb",
                "cache_hit_rate", "cache_hits", "batch_efficiency", "batches", "stage_seconds"}
 STAGES = {"discover", "decode", "transfer", "compute", "write"}

@@ -345,3 +345,35 @@ def _xmp_info(xmp: bytes):
     info = PngImagePlugin.PngInfo()
     info.add_itxt("XML:com.adobe.xmp", xmp.decode())
     return info
+
+
+def test_schema_8_is_migrated_to_9_with_where_each_date_came_from(tmp_path, photos):
+    from alice_gpu.store import Store
+    from alice_gpu.store.schema import SCHEMA_VERSION, stored_version
+
+    src, db = _library(tmp_path, photos, n_photos=None, extra=False), tmp_path / "db"
+    assert run_cli("index", src, "--db", db, "--no-embed")[0] == 0
+    con = duckdb.connect(str(db / "alice.duckdb"))
+    dated = con.execute("SELECT count(*) FROM assets WHERE taken_at IS NOT NULL").fetchall()[0][0]
+    con.execute("ALTER TABLE assets DROP COLUMN taken_from")
+    con.execute("UPDATE meta SET value = '8' WHERE key = 'schema_version'")
+    con.close()
+    with Store(db, model="efficientnet_lite0", dim=1280) as store:
+        assert stored_version(store.con) == SCHEMA_VERSION == 9
+        rows = store.con.execute("SELECT taken_from, count(*) FROM assets WHERE taken_at IS NOT "
+                                 "NULL GROUP BY 1").fetchall()
+    assert dated > 0 and rows == [("exif", dated)]
+    code, out, _ = run_cli("index", src, "--db", db, "--no-embed", "--json")
+    assert code == 0 and json.loads(out)["decoded"] == 0          # nothing read again
+
+
+def test_index_keeps_the_ids_of_a_renamed_folder_and_decodes_nothing(tmp_path, photos):
+    src, db = _library(tmp_path, photos, n_photos=30, extra=False), tmp_path / "db"
+    assert run_cli("index", src, "--db", db, "--no-embed")[0] == 0
+    ids = {Path(p).name: i for p, i in _ids(db).items()}
+    (src / "photos").rename(src / "renamed")
+    code, out, err = run_cli("index", src, "--db", db, "--no-embed", "--json")
+    doc = json.loads(out)
+    assert code == 0 and (doc["renamed"], doc["decoded"], doc["removed"]) == (30, 0, 0), doc
+    assert {Path(p).name: i for p, i in _ids(db).items()} == ids
+    assert all("/renamed/" in p for p in _ids(db))

@@ -113,6 +113,14 @@ def why_poll(roots: list[str]) -> str | None:
     return None
 
 
+def _existing(folder: str) -> str:
+    """``folder``, or its nearest ancestor still there (a folder deleted since its event:
+    its parent is walked, so what it held is found gone)."""
+    while folder and not os.path.isdir(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder
+
+
 class Watcher:
     """One ``watch``: its roots, what events marked, and the passes."""
 
@@ -147,7 +155,7 @@ class Watcher:
         # a file: its folder; a folder made, gone or renamed: its parent (which holds both
         # the old and the new name)
         with self.lock:
-            self.marked.add(self._clamp(os.path.dirname(path)))
+            self.marked.add(os.path.dirname(path))
             self.last_event = time.monotonic()
         self.wake.set()
 
@@ -205,8 +213,11 @@ class Watcher:
         the roots)."""
         with self.lock:
             marked, self.marked = self.marked, set()
-        if not marked or len(marked) > MAX_SCOPES or any(m in self.roots for m in marked):
-            return None if len(marked) != 0 else []
+        marked = {self._clamp(_existing(m)) for m in marked}
+        if not marked:
+            return []
+        if len(marked) > MAX_SCOPES or any(m in self.roots for m in marked):
+            return None
         out: list[str] = []
         for folder in sorted(marked, key=len):
             if not any(folder == o or folder.startswith(o.rstrip(os.sep) + os.sep) for o in out):

@@ -144,6 +144,8 @@ def index_summary(summary, folder: Path, db: Path | None) -> None:
     rows = [("files seen", summary.files_seen), ("decoded", summary.decoded),
             ("unchanged", summary.unchanged), ("failed", summary.failed),
             ("removed", summary.removed), ("reused", summary.reused)]
+    if getattr(summary, "renamed", 0):
+        rows.append(("renamed", f"{summary.renamed} (moved or renamed: ids kept, not decoded)"))
     if summary.driver_files:
         rows.append(("done by the driver", summary.driver_files))
     rows += [("seconds", f"{summary.seconds:.2f}"), ("files/s", f"{summary.files_per_second:.1f}"),
