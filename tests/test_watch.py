@@ -257,3 +257,24 @@ def test_serve_watch_keeps_the_index_current_while_it_serves(tmp_path, photos):
         while client.json("/api/stats")["assets"] != 4:
             assert time.monotonic() < deadline
             time.sleep(0.2)
+
+
+def test_watch_falls_back_to_polling_when_a_new_folder_cannot_be_watched(tmp_path):
+    import logging
+
+    import alice_gpu
+    from alice_gpu.api.watching import Watcher
+
+    (tmp_path / "watched").mkdir()
+    w = Watcher(alice_gpu.open_index(tmp_path / "db"), [str(tmp_path / "watched")])
+    w.observer = w._start_observer()
+    try:
+        w._events_lost()
+        assert not w.polling and w.observer is not None          # events work
+        # what watchdog says when the inotify limit stops it watching a new folder
+        logging.getLogger("watchdog.observers.inotify").warning(
+            "Unable to watch %r: %s", b"/x/new", "inotify watch limit reached")
+        w._events_lost()
+        assert w.polling and w.observer is None and w.marked == set(w.roots)
+    finally:
+        w._stop_observer()

@@ -56,6 +56,7 @@ class HeldIndex:
         self.vectors: "VectorIndex | None" = None     # the run's, once it has one
         self.info: dict[str, Any] = {}
         self.index_lock = threading.Lock()           # index runs, one at a time
+        self.moving = threading.Lock()               # file moves, never during a watch pass
         self._request = threading.local()
 
     def view(self) -> "Store":

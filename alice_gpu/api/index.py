@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -279,11 +279,12 @@ class AliceIndex(Catalog, Media, Organizing):
         from ..search.queries import check_tiers
 
         acting = check_tiers(act_on or self.config.query.act_on, "--act-on tier")
-        return move_duplicates(
-            lambda read_only: self._open(read_only=read_only),
-            lambda: self.duplicates(by=by, threshold=threshold, device=device, keep=keep,
-                                    tiers=tiers, filters=filters),
-            os.fspath(move_to), acting, dry_run)
+        with self._moving():
+            return move_duplicates(
+                lambda read_only: self._open(read_only=read_only),
+                lambda: self.duplicates(by=by, threshold=threshold, device=device, keep=keep,
+                                        tiers=tiers, filters=filters),
+                os.fspath(move_to), acting, dry_run)
 
     @routed
     def undo(self, journal: str | os.PathLike[str]) -> "MoveReport":
@@ -295,8 +296,13 @@ class AliceIndex(Catalog, Media, Organizing):
         header_index(Path(os.path.expanduser(os.fspath(journal))))   # readable, a journal
         if not (self.folder / DB_FILE).exists():
             raise ConfigError(f"no index at {self.folder}")
-        with self._open(read_only=False) as store:
+        with self._moving(), self._open(read_only=False) as store:
             return undo_moves(store, journal)
+
+    def _moving(self) -> Any:
+        """Inside a holder: the lock file moves take, so that a ``watch`` pass never walks
+        a folder while files leave it ahead of the index following them."""
+        return self._held.moving if self._held is not None else nullcontext()
 
     def evaluate(self, ground_truth: str | os.PathLike[str], *, by: str = "tiered",
                  threshold: float | None = None, similar_by: str = "embedding",

@@ -127,8 +127,9 @@ class Media:
         What ``duplicates --move-to`` does with the non-keepers it chose."""
         from ..actions.moves import move_ids
 
-        return move_ids(lambda read_only: self._open(read_only),
-                        [int(i) for i in ids], os.fspath(move_to))
+        with self._moving():
+            return move_ids(lambda read_only: self._open(read_only),
+                            [int(i) for i in ids], os.fspath(move_to))
 
     @routed
     def journals(self, move_to: str | os.PathLike[str]) -> list[dict[str, Any]]:

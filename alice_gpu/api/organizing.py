@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .routing import routed
@@ -41,8 +40,7 @@ class Organizing:
                 raise QueryError(f"{p} does not exist")
         if index_first:
             self.index(paths, progress=progress)
-        held = getattr(self, "_held", None)         # in a watcher or server: not mid-pass
-        with held.index_lock if held is not None else nullcontext():
+        with self._moving():                        # in a watcher: never mid-pass
             return organize(lambda read_only: self._open(read_only=read_only), paths, dest,
                             template, how, dry_run)
 

@@ -113,6 +113,18 @@ def why_poll(roots: list[str]) -> str | None:
     return None
 
 
+class _WatchLimitSeen(logging.Handler):
+    """Notes watchdog saying it could not watch a folder (the inotify limit reached)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("Unable to watch"):
+            self.seen = True
+
+
 def _existing(folder: str) -> str:
     """``folder``, or its nearest ancestor still there (a folder deleted since its event:
     its parent is walked, so what it held is found gone)."""
@@ -143,6 +155,7 @@ class Watcher:
         self.last_event = 0.0
         self.db = os.path.realpath(api.folder)
         self.observer: Any = None
+        self.limit_seen = _WatchLimitSeen()
         self.mounts: set[str] = set()
         self.paused = False
 
@@ -200,6 +213,8 @@ class Watcher:
                 if dest:
                     watcher.mark(os.fsdecode(dest))
 
+        self.limit_seen.seen = False
+        logging.getLogger("watchdog").addHandler(self.limit_seen)
         observer = Observer()
         for root in self.roots:
             if os.path.isdir(root):
@@ -227,7 +242,9 @@ class Watcher:
     def run_pass(self, scopes: list[str] | None, why: str) -> dict[str, Any]:
         """One index run over ``scopes`` (None: the roots); returns its line for the log."""
         t0 = time.monotonic()
-        summary = self.api.index(self.roots, settle=self.settle, within=scopes)
+        held = self.api._held
+        with held.moving if held is not None else nullcontext():   # no move under way
+            summary = self.api.index(self.roots, settle=self.settle, within=scopes)
         doc = {"event": "pass", "why": why, "at": time.time(),
                "scope": scopes if scopes is not None else self.roots,
                "indexed": summary.decoded + summary.reused, "decoded": summary.decoded,
@@ -289,11 +306,12 @@ class Watcher:
         polling from now on, said once, and a full pass at once."""
         if self.observer is None:
             return
-        # watchdog's inotify emitter reads through a buffer thread, which ends when adding
-        # a watch fails or the watched folder goes; its emitter thread stays alive
+        # watchdog 7 logs "Unable to watch" for a folder past the limit and goes on without
+        # it (_WatchLimitSeen); watchdog 6 reads through a buffer thread, which ends when
+        # adding a watch fails or the watched folder goes, its emitter thread staying alive
         threads = [t for e in self.observer.emitters for t in (e, getattr(e, "_inotify", None))
-                   if t is not None]
-        if all(t.is_alive() for t in threads):
+                   if isinstance(t, threading.Thread)]
+        if not self.limit_seen.seen and all(t.is_alive() for t in threads):
             return
         self._stop_observer()
         self.polling, self.poll = True, self.poll or POLL
@@ -303,6 +321,7 @@ class Watcher:
             self.marked |= set(self.roots)
 
     def _stop_observer(self) -> None:
+        logging.getLogger("watchdog").removeHandler(self.limit_seen)
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=5)
